@@ -1,0 +1,11 @@
+"""MoSARe: Mixture of Experts, Symmetric Aligning and Reconstruction for multimodal cancer subtyping
+with missing modalities (Moradinasab et al., 2025).
+
+Layers follow the data flow: ``io`` / ``preprocess`` (data, features) → ``model`` → ``train`` / ``explain``
+→ ``inference``. The package never imports streamlit.
+"""
+
+__version__ = "0.1.0"
+
+MODALITIES: tuple[str, ...] = ("wsi", "rna", "rpt")
+"""Canonical modality order everywhere a mask or a per-modality tensor appears."""

@@ -1,0 +1,3 @@
+from mosare.cli import main
+
+raise SystemExit(main())

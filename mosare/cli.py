@@ -1,0 +1,175 @@
+"""Command line: ``mosare experiment | predict | demo-cohort``. Thin: parses arguments, calls the package.
+
+Errors the user can fix print one line (``mosare: error: ...``) and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from mosare.errors import MosareError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        print(f"mosare: error: {message} (see `mosare {self.prog.split()[-1]} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+    return parse
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mosare", description="MoSARe: multimodal cancer subtyping with missing modalities")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    e = sub.add_parser("experiment", help="cross-validated training of MoSARe and baselines under missing-modality scenarios")
+    e.add_argument("--rna", type=Path, help="RNA table: patient_id, label column, one column per gene")
+    e.add_argument("--reports", type=Path, help="reports table: patient_id, label column, text")
+    e.add_argument("--slides", type=Path, help="slides table: patient_id, features_path (HDF5 features)")
+    e.add_argument("--label-column", default="oncotree_code")
+    e.add_argument("--classes", type=_csv(str), required=True, help="e.g. IDC,ILC")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--folds", type=_positive, default=5)
+    e.add_argument("--epochs", type=_positive, default=100)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--models", type=_csv(str), default=None, help="default: mosare,snn,abmil,gscnn,bp,mcat,porpoise,text")
+    e.add_argument("--scenarios", type=_csv(str), default=None)
+    e.add_argument("--mask-rates", type=_csv(float), default=None)
+    e.add_argument("--complete-only", action="store_true", help="keep only patients with every given modality")
+    e.add_argument("--scrub-terms", type=_csv(str), default=(), help="extra words removed from reports")
+    e.add_argument("--config", type=Path, help="YAML/JSON ExperimentConfig; command-line flags override it")
+    e.add_argument("--batch-size", type=_positive, default=None)
+    e.add_argument("--patience", type=_positive, default=None)
+    e.add_argument("--text-model", default=None, help="local sentence-transformers folder (default: all-MiniLM-L6-v2)")
+    e.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/mosare)")
+
+    pr = sub.add_parser("predict", help="class probabilities for one case with any subset of modalities")
+    pr.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors checkpoint (its .json beside it)")
+    pr.add_argument("--rna", type=Path, help="one-case expression table")
+    pr.add_argument("--report", type=Path, help="report text file")
+    pr.add_argument("--features", type=Path, help="patch features .h5 (TRIDENT/CLAM layout)")
+    pr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+    d = sub.add_parser("demo-cohort", help="write the synthetic demo cohort")
+    d.add_argument("--out", type=Path, required=True)
+    d.add_argument("--cases", type=_positive, default=120)
+    d.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _offline_defaults() -> None:
+    # No model hub at run time: fail fast instead of retrying the network.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from mosare.cohort import build_cohort
+    from mosare.config import ExperimentConfig, load_config
+    from mosare.preprocess.reports import ReportEmbedder
+    from mosare.train.experiment import run_experiment
+    from mosare.train.splits import SCENARIOS
+
+    cfg = load_config(args.config, ExperimentConfig) if args.config else ExperimentConfig()
+    over = {k: v for k, v in {"label_column": args.label_column, "classes": args.classes, "folds": args.folds,
+                               "seed": args.seed, "models": args.models, "scenarios": args.scenarios,
+                               "mask_rates": args.mask_rates, "scrub_terms": args.scrub_terms or None}.items() if v is not None}
+    cfg = replace(cfg, complete_only=args.complete_only or cfg.complete_only, **over)
+    tover = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "patience": args.patience,
+                                "device": args.device, "seed": args.seed}.items() if v is not None}
+    cfg = replace(cfg, train=replace(cfg.train, **tover))
+    if len(cfg.classes) < 2:
+        raise MosareError("--classes needs at least two class names")
+    bad = [s for s in cfg.scenarios if s not in SCENARIOS]
+    if bad:
+        raise MosareError(f"unknown scenario(s) {', '.join(bad)}; choose from {', '.join(SCENARIOS)}")
+    if any(not 0 <= r < 1 for r in cfg.mask_rates):
+        raise MosareError("--mask-rates must lie in [0, 1)")
+    from mosare.model.registry import MODELS
+
+    unknown = [m for m in cfg.models if m not in MODELS]
+    if unknown:
+        raise MosareError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    embedder = ReportEmbedder(model_path=args.text_model, cache_dir=args.cache_dir) if args.reports else None
+    cohort = build_cohort(args.rna, args.reports, args.slides, label_column=cfg.label_column, classes=cfg.classes,
+                          scrub_terms=cfg.scrub_terms, complete_only=cfg.complete_only, embedder=embedder)
+    print(f"cohort: {len(cohort)} patients — {cohort.subset_summary()}", file=sys.stderr)
+    run_experiment(cohort, cfg, args.out, text_model=embedder.model_id if embedder else "")
+    print((args.out / "summary.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mosare.inference import load_predictor
+
+    if not (args.rna or args.report or args.features):
+        raise MosareError("give at least one of --rna, --report, --features")
+    predictor = load_predictor(args.checkpoint, args.device)
+    text = None
+    if args.report:
+        try:
+            text = args.report.read_text(encoding="utf-8", errors="replace")
+        except OSError as err:
+            raise MosareError(f"{args.report}: cannot read ({err.strerror})") from None
+    case = predictor.make_case(rna=args.rna, report_text=text, features=args.features)
+    if not case.present.any():
+        raise MosareError(f"the checkpoint's model uses {', '.join(predictor.cfg.modalities)}; none of those was given")
+    pred = predictor.predict(case)
+    given = [m for m, p in zip(("wsi", "rna", "rpt"), pred.present) if p]
+    print(f"modalities: {', '.join(given)}" + (f" (reconstructed: {', '.join(pred.reconstructed)})" if pred.reconstructed else ""))
+    for c, p in zip(pred.classes, pred.probs):
+        print(f"{c}\t{p:.4f}")
+    print(f"prediction\t{pred.label}")
+    return 0
+
+
+def cmd_demo_cohort(args: argparse.Namespace) -> int:
+    from mosare.preprocess.synthetic import write_demo_cohort
+
+    info = write_demo_cohort(args.out, n_cases=args.cases, seed=args.seed)
+    print(f"demo cohort written to {args.out} ({args.cases} cases)")
+    return 0 if info is not None else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _offline_defaults()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = {"experiment": cmd_experiment, "predict": cmd_predict, "demo-cohort": cmd_demo_cohort}[args.command]
+    try:
+        return handler(args)
+    except MosareError as err:
+        print(f"mosare: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mosare: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""Configuration dataclasses, loadable from and savable to YAML or JSON.
+
+Defaults follow the paper (§3–4): λ = (1, 2, 1, 1), Adam lr 1e-4, batch 32, 100 epochs, aligning after
+10 warm-up epochs, C = 16 local tokens, 16 RNA heads, 5 experts with top-2 gating.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from mosare import MODALITIES
+from mosare.errors import MosareError
+
+T = TypeVar("T")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of MoSARe (and the sizes the baselines share)."""
+
+    modalities: tuple[str, ...] = MODALITIES  # the modalities the model has branches for
+    n_classes: int = 2
+    wsi_dim: int = 1024  # patch-feature dimension (UNI: 1024)
+    rna_dim: int = 4999  # number of genes
+    rpt_dim: int = 384  # sentence-embedding dimension (all-MiniLM-L6-v2: 384)
+    hidden: int = 256  # D in the paper (1024 there; 256 in the authors' code)
+    n_local: int = 16  # C, local tokens per modality
+    rna_heads: int = 16  # N_h, ABMIL heads over gene tokens (eq. 2)
+    gene_token_dim: int = 32  # width of each lifted gene token before the per-head projection W_j
+    n_experts: int = 5
+    expert_top_k: int = 2
+    local_keep: int = 4  # k of the activation gate (eq. 10): local tokens kept per modality
+    dropout: float = 0.2
+    cma_heads: int = 4
+    # ablation switches (paper Tables 4–5)
+    use_cma: bool = True
+    use_moe: bool = True
+    use_align: bool = True
+    use_recon: bool = True
+    # losses (eq. 20): λ1 SymCL, λ2 MCL, λ3 reconstruction, λ4 classification
+    lambdas: tuple[float, float, float, float] = (1.0, 2.0, 1.0, 1.0)
+    symcl_temperature: float = 0.07
+    mcl_temperature: float = 0.1
+    prototypes_per_class: int = 4
+    prototype_momentum: float = 0.99
+
+    def __post_init__(self) -> None:
+        self.modalities = tuple(self.modalities)
+        self.lambdas = tuple(float(x) for x in self.lambdas)  # type: ignore[assignment]
+        bad = [m for m in self.modalities if m not in MODALITIES]
+        if bad or not self.modalities:
+            raise MosareError(f"model modalities must be a non-empty subset of {MODALITIES}, got {self.modalities}")
+        if self.n_classes < 2:
+            raise MosareError("n_classes must be at least 2")
+        if not 1 <= self.expert_top_k <= self.n_experts:
+            raise MosareError("expert_top_k must be between 1 and n_experts")
+        if not 1 <= self.local_keep <= self.n_local:
+            raise MosareError("local_keep must be between 1 and n_local")
+
+    def dim(self, modality: str) -> int:
+        return {"wsi": self.wsi_dim, "rna": self.rna_dim, "rpt": self.rpt_dim}[modality]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.0  # plain Adam as in the paper
+    align_warmup: int = 10  # epochs before SymCL and MCL switch on
+    patience: int = 20  # early stopping on validation AUC (validation split of the training fold)
+    val_fraction: float = 0.2
+    max_patches: int = 2048  # patches sampled per slide when training; all at inference
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class ExperimentConfig:
+    label_column: str = "oncotree_code"
+    classes: tuple[str, ...] = ()
+    folds: int = 5
+    seed: int = 0
+    models: tuple[str, ...] = ("mosare", "snn", "abmil", "gscnn", "bp", "mcat", "porpoise", "text")
+    scenarios: tuple[str, ...] = ("complete", "masked-masked", "masked-unmasked", "removed-unmasked")
+    mask_rates: tuple[float, ...] = (0.1, 0.3, 0.5)
+    complete_only: bool = False
+    scrub_terms: tuple[str, ...] = ()
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-safe dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build a (possibly nested) config dataclass from a dict; unknown keys are an error."""
+    if not isinstance(data, dict):
+        raise MosareError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise MosareError(f"{cls.__name__}: unknown key(s) {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = getattr(cls(), name) if name in ("model", "train") else None  # type: ignore[call-arg]
+        if dataclasses.is_dataclass(default):
+            value = from_dict(type(default), value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path, cls: type[T]) -> T:
+    """Load a config dataclass from a .yaml/.yml/.json file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise MosareError(f"cannot read config {path}: {err}") from None
+    return from_dict(cls, data or {})
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    path = Path(path)
+    data = to_dict(cfg)
+    text = yaml.safe_dump(data, sort_keys=False) if path.suffix in (".yaml", ".yml") else json.dumps(data, indent=2)
+    from mosare.io.atomic import atomic_write_text
+
+    atomic_write_text(path, text)

@@ -1,0 +1,87 @@
+"""Checkpoints: ``<stem>.safetensors`` (weights and named extra arrays) + ``<stem>.json`` (config and metadata).
+
+Never pickle: a ``.pt``/``.pth``/``.ckpt``/``.bin`` file is refused without being opened as a pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from mosare.config import ModelConfig, from_dict, to_dict
+from mosare.errors import CheckpointError, MosareError
+from mosare.io.atomic import atomic_path, atomic_write_text
+
+FORMAT = "mosare-checkpoint/1"
+_EXTRA = "extra."
+
+
+def _stem(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, model_name: str, cfg: ModelConfig,
+                    meta: dict[str, Any], extras: dict[str, np.ndarray] | None = None) -> Path:
+    """Write weights and metadata atomically; returns the ``.safetensors`` path."""
+    stem = _stem(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for k, v in (extras or {}).items():
+        tensors[_EXTRA + k] = torch.from_numpy(np.ascontiguousarray(v))
+    weights = stem.with_suffix(".safetensors")
+    with atomic_path(weights) as tmp:
+        save_file(tensors, str(tmp))
+    doc = {"format": FORMAT, "model": model_name, "config": to_dict(cfg), **meta}
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(doc, indent=1))
+    return weights
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
+    """-> (model in eval mode, metadata dict, extras dict of numpy arrays). One-line CheckpointError on any problem."""
+    path = Path(path)
+    if path.suffix in (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"):
+        raise CheckpointError(f"{path}: pickle-based checkpoints are refused (they can run code); "
+                              "use a MoSARe .safetensors + .json checkpoint")
+    stem = _stem(path)
+    weights, meta_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: checkpoint weights not found")
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path}: checkpoint config (.json next to the weights) not found")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path}: not a MoSARe checkpoint config (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    try:
+        tensors = load_file(str(weights), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({str(err).splitlines()[0]})") from None
+    from mosare.model.registry import build_model
+
+    try:
+        cfg = from_dict(ModelConfig, meta["config"])
+        model = build_model(meta["model"], cfg)
+    except (MosareError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{meta_path}: invalid model config ({err})") from None
+    extras = {k[len(_EXTRA):]: v.cpu().numpy() for k, v in tensors.items() if k.startswith(_EXTRA)}
+    state = {k: v for k, v in tensors.items() if not k.startswith(_EXTRA)}
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise CheckpointError(f"{weights}: weight {k} contains NaN or infinite values")
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and expected[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        detail = (f"missing {missing[:2]}" if missing else f"unexpected {unexpected[:2]}" if unexpected
+                  else f"shape mismatch for {wrong[:2]}")
+        raise CheckpointError(f"{weights}: weights do not match a {meta['model']} with this config ({detail})")
+    model.load_state_dict(state)
+    return model.to(map_location).eval(), meta, extras

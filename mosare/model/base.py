@@ -1,0 +1,36 @@
+"""The interface every model (MoSARe and baselines) implements, so one training loop serves all."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mosare.config import ModelConfig
+from mosare.types import Batch, ModelOutput
+
+
+class SubtypingModel(nn.Module):
+    """Base class. Subclasses set ``requires`` (modalities the cohort must have for the model to apply)
+    and implement ``forward``. ``loss`` defaults to cross-entropy on the logits of labelled cases.
+
+    forward(batch) -> ModelOutput with logits/probs [B, K].
+    """
+
+    name: str = "base"
+    requires: tuple[str, ...] = ()
+    # modalities the model reads when the cohort has them (others are ignored)
+    uses: tuple[str, ...] = ()
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, batch: Batch) -> ModelOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, batch: Batch, out: ModelOutput, epoch: int) -> tuple[Tensor, dict[str, float]]:
+        ce = F.cross_entropy(out.logits, batch.labels)
+        return ce, {"cls": float(ce.detach())}
+
+    def on_batch_end(self, batch: Batch, out: ModelOutput, epoch: int) -> None:
+        """Hook for non-gradient state updates (MoSARe's prototype EM). Default: nothing."""

@@ -1,0 +1,102 @@
+"""Single-modality baselines: SNN on RNA, ABMIL on slides, gated ABMIL on report sentences.
+
+A case lacking the model's modality gets a zero embedding (zero-imputation, see
+:mod:`mosare.model.baselines.common`), so its logits are the classifier bias.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mosare.config import ModelConfig
+from mosare.model.abmil import ABMILEncoder
+from mosare.model.baselines.common import (
+    Baseline,
+    SNNEncoder,
+    bag_of,
+    impute_zeros,
+    lecun_normal_,
+    mlp,
+    present_of,
+)
+from mosare.types import Batch, ModelOutput
+
+
+class SNNBaseline(Baseline):
+    """SNN (Klambauer et al., 2017) on the expression vector.
+
+    rna [B, G] -> 2 × (Linear → SELU → AlphaDropout) -> [B, H] -> Linear -> logits [B, K].
+    Whole network LeCun-normal initialised, no normalisation layers.
+    """
+
+    name = "snn"
+    requires = ("rna",)
+    uses = ("rna",)
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.uses = ("rna",)
+        self.encoder = SNNEncoder(cfg.rna_dim, cfg.hidden, n_layers=2, dropout=cfg.dropout)
+        self.classifier = nn.Linear(cfg.hidden, cfg.n_classes)
+        lecun_normal_(self.classifier)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        emb = impute_zeros(self.encoder(batch.rna), present_of(batch, "rna"))  # [B, H]
+        return self.finish(self.classifier(emb))
+
+
+class ABMILBaseline(Baseline):
+    """ABMIL (Ilse et al., 2018) on slide patches.
+
+    wsi_bag [B, Nw, Dw], wsi_bag_mask [B, Nw] -> ABMILEncoder -> [B, H] -> Dropout → Linear -> logits [B, K].
+    attention["wsi_patch"] [B, Nw] (zero for padding and for cases without a slide).
+    """
+
+    name = "abmil"
+    requires = ("wsi",)
+    uses = ("wsi",)
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.uses = ("wsi",)
+        self.encoder = ABMILEncoder(cfg.wsi_dim, cfg.hidden, dropout=cfg.dropout)
+        self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.n_classes))
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        bag, mask = bag_of(batch, "wsi")
+        present = present_of(batch, "wsi")
+        emb, attn = self.encoder(bag, mask)  # [B, H], [B, Nw]
+        emb = impute_zeros(emb, present)
+        return self.finish(self.classifier(emb), {"wsi_patch": impute_zeros(attn, present)})
+
+
+class TextBaseline(Baseline):
+    """Report-only model: gated ABMIL over sentence embeddings plus a projection of the whole-report
+    embedding.
+
+    rpt_bag [B, Ns, Dt], rpt_bag_mask [B, Ns] -> ABMILEncoder -> [B, H];
+    rpt_global [B, Dt] -> LayerNorm → Linear → ReLU → Dropout -> [B, H];
+    concat [B, 2H] -> Linear → ReLU → Dropout -> [B, H] -> Linear -> logits [B, K].
+    attention["rpt_sentence"] [B, Ns].
+    """
+
+    name = "text"
+    requires = ("rpt",)
+    uses = ("rpt",)
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.uses = ("rpt",)
+        self.sentences = ABMILEncoder(cfg.rpt_dim, cfg.hidden, dropout=cfg.dropout)
+        self.global_proj = nn.Sequential(nn.LayerNorm(cfg.rpt_dim, elementwise_affine=False), mlp(cfg.rpt_dim, cfg.hidden, cfg.dropout))
+        self.head = mlp(2 * cfg.hidden, cfg.hidden, cfg.dropout)
+        self.classifier = nn.Linear(cfg.hidden, cfg.n_classes)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        bag, mask = bag_of(batch, "rpt")
+        present = present_of(batch, "rpt")
+        pooled, attn = self.sentences(bag, mask)  # [B, H], [B, Ns]
+        emb = impute_zeros(torch.cat([pooled, self.global_proj(batch.rpt_global)], dim=-1), present)  # [B, 2H]
+        logits = self.classifier(self.head(emb))
+        return self.finish(logits, {"rpt_sentence": impute_zeros(attn, present)})

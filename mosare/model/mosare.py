@@ -1,0 +1,246 @@
+"""MoSARe — Mixture of Experts, Symmetric Aligning and Reconstruction (Moradinasab et al., 2025).
+
+The whole forward pass is in :meth:`MoSARe.forward_features`, top to bottom:
+
+    1. modality encoders      → global X^G_m [B, M, H] and local X^L_m [B, M, C, H]       (§3.1, eq. 2)
+    2. local sparse MoE + activation gate keep the top-k local tokens                     (eqs. 9–10)
+    3. cross-modal attention at both levels over the present modalities                   (eqs. 3–7)
+    4. aggregate X^G_agg, X^L_agg = Σ_m                                                    (eq. 8)
+    5. decoupled reconstruction fills *missing* modalities only                           (eqs. 11–14)
+    6. final sparse MoE over the 2M completed tokens, summed → X_out                      (§3.4)
+
+``forward_head`` maps X_out to logits; ``loss`` is eq. 20. M is the number of modalities the model was
+built for (``cfg.modalities``); ``batch.present`` is the explicit boolean mask of what each case has.
+Where the paper is silent we follow its text; choices are noted inline and in the README.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mosare import MODALITIES
+from mosare.config import ModelConfig
+from mosare.model.abmil import ABMILEncoder, GatedAttentionPool
+from mosare.model.base import SubtypingModel
+from mosare.model.cma import CrossModalAttention
+from mosare.model.losses import PrototypeMemory, symmetric_contrastive
+from mosare.model.moe import ActivationGate, SparseMoE
+from mosare.model.reconstruction import DecoupledReconstruction
+from mosare.types import Batch, ModelOutput
+
+
+def _mlp(in_dim: int, hidden: int, layers: int, dropout: float) -> nn.Sequential:
+    """``layers`` × (Linear → LayerNorm → ReLU → Dropout)."""
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods += [nn.Linear(in_dim if i == 0 else hidden, hidden), nn.LayerNorm(hidden), nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*mods)
+
+
+class SlideEncoder(nn.Module):
+    """WSI: global = gated ABMIL over patch features; local = projected per-slide GMM means.
+
+    forward(batch) -> (global [B, H], local [B, C, H], {"wsi_patch": [B, N]})
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.abmil = ABMILEncoder(cfg.wsi_dim, cfg.hidden, dropout=0.1)
+        self.local = nn.Sequential(nn.LayerNorm(cfg.wsi_dim, elementwise_affine=False), nn.Linear(cfg.wsi_dim, cfg.hidden))
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        g, attn = self.abmil(batch.wsi_bag, batch.wsi_bag_mask)
+        return g, self.local(batch.wsi_local), {"wsi_patch": attn}
+
+
+class RNAEncoder(nn.Module):
+    """RNA: global = 3-layer MLP φ; local = 16-head ABMIL over gene tokens, ψ_j(t) = Σ_k α_jk W_j t_k (eq. 2).
+
+    Each gene k becomes a token t_k = value_k · u_k + e_k (learned per-gene value direction u_k and identity
+    embedding e_k; a scalar alone would carry no gene identity). Attention pools the small tokens per head,
+    then W_j lifts each head's pool to H (W_j is linear, so pooling first is the same sum and far cheaper).
+
+    forward(batch) -> (global [B, H], local [B, heads, H], {"rna_gene": [B, heads, G]})
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        g, d = cfg.rna_dim, cfg.gene_token_dim
+        self.norm_in = nn.LayerNorm(g, elementwise_affine=False)
+        self.global_mlp = _mlp(g, cfg.hidden, layers=3, dropout=cfg.dropout)
+        self.value_dir = nn.Parameter(torch.randn(g, d) * d**-0.5)
+        self.gene_embed = nn.Parameter(torch.randn(g, d) * 0.02)
+        self.pool = GatedAttentionPool(d, attn_dim=d, heads=cfg.rna_heads, dropout=0.1)
+        self.head_proj = nn.Parameter(torch.randn(cfg.rna_heads, d, cfg.hidden) * d**-0.5)  # W_j
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        t = self.norm_in(batch.rna)  # [B, G]
+        tokens = t[:, :, None] * self.value_dir + self.gene_embed  # [B, G, d]
+        mask = torch.ones(t.shape, dtype=torch.bool, device=t.device)
+        pooled, attn = self.pool(tokens, mask)  # [B, heads, d], [B, heads, G]
+        local = torch.einsum("bjd,jdh->bjh", pooled, self.head_proj)
+        return self.global_mlp(t), local, {"rna_gene": attn}
+
+
+class ReportEncoder(nn.Module):
+    """Report: global = MLP over the whole-report embedding; local = projected per-report GMM means.
+
+    forward(batch) -> (global [B, H], local [B, C, H], {})
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        norm = lambda: nn.LayerNorm(cfg.rpt_dim, elementwise_affine=False)  # noqa: E731
+        self.global_mlp = nn.Sequential(norm(), _mlp(cfg.rpt_dim, cfg.hidden, layers=2, dropout=cfg.dropout))
+        self.local = nn.Sequential(norm(), nn.Linear(cfg.rpt_dim, cfg.hidden))
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        return self.global_mlp(batch.rpt_global), self.local(batch.rpt_local), {}
+
+
+ENCODERS: dict[str, type[nn.Module]] = {"wsi": SlideEncoder, "rna": RNAEncoder, "rpt": ReportEncoder}
+
+
+class MoSARe(SubtypingModel):
+    """The MoSARe model. ``attention`` in its output holds (M = len(cfg.modalities), C local tokens):
+
+    wsi_patch [B, Nw]            ABMIL attention per patch
+    rna_gene [B, 16, G]          attention of each RNA head over genes
+    local_cma [B, M, C]          cross-modal attention each local token receives from the other modalities
+    local_pair [B, M, M, C, C]   token-level cross-modal attention, modality a → b
+    global_pair [B, M, M]        global cross-modal gate, modality a → b
+    local_keep [B, M, C]         activation-gate mask (1 = kept local token)
+    local_experts / local_expert_w [B, M, C, k]   local MoE gate choices
+    final_experts / final_expert_w [B, 2M, k]     final MoE gate choices (tokens: M global then M local)
+    reconstructed [B, M]         True where the modality was missing and reconstructed
+    """
+
+    name = "mosare"
+    requires: tuple[str, ...] = ()
+    uses = MODALITIES
+    align_from_epoch: int = 10  # the trainer sets it from TrainConfig.align_warmup
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        h, mods = cfg.hidden, cfg.modalities
+        self.mod_index = [MODALITIES.index(m) for m in mods]
+        self.encoders = nn.ModuleDict({m: ENCODERS[m](cfg) for m in mods})
+        self.local_moe = nn.ModuleDict({m: SparseMoE(h, cfg.n_experts, cfg.expert_top_k) for m in mods})
+        self.act_gate = nn.ModuleDict({m: ActivationGate(h, cfg.local_keep) for m in mods})
+        self.cma_global = CrossModalAttention(h, cfg.cma_heads, mode="sigmoid")
+        self.cma_local = CrossModalAttention(h, cfg.cma_heads, mode="softmax")
+        self.recon_global = DecoupledReconstruction(h, len(mods))
+        self.recon_local = DecoupledReconstruction(h, len(mods))
+        self.final_moe = SparseMoE(h, cfg.n_experts, cfg.expert_top_k)
+        self.norm_out = nn.LayerNorm(h)
+        self.head = nn.Linear(h, cfg.n_classes)
+        self.head_global = nn.ModuleList(nn.Linear(h, cfg.n_classes) for _ in mods)
+        self.head_local = nn.ModuleList(nn.Linear(h, cfg.n_classes) for _ in mods)
+        self.prototypes = PrototypeMemory(cfg.n_classes, cfg.prototypes_per_class, h, cfg.prototype_momentum)
+
+    def forward_features(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        cfg = self.cfg
+        present = batch.present[:, self.mod_index]  # [B, M] bool
+        pf = present.float()
+        attention: dict[str, Tensor] = {}
+
+        # 1. modality encoders → X^G [B, M, H], X^L [B, M, C, H]; missing modalities are zeroed
+        glob, loc = [], []
+        for m in cfg.modalities:
+            g, l, maps = self.encoders[m](batch)
+            glob.append(g)
+            loc.append(l)
+            attention.update(maps)
+        x_g = torch.stack(glob, 1) * pf[:, :, None]
+        x_l = torch.stack(loc, 1) * pf[:, :, None, None]
+
+        # 2. local sparse MoE (eq. 9) and activation gate keeping the top-k tokens (eq. 10)
+        keep = torch.ones(x_l.shape[:3], device=x_l.device)
+        if cfg.use_moe:
+            outs, keeps, experts, expert_w = [], [], [], []
+            for i, m in enumerate(cfg.modalities):
+                z, idx, w = self.local_moe[m](x_l[:, i])
+                z, k, _ = self.act_gate[m](z)
+                outs.append(z)
+                keeps.append(k)
+                experts.append(idx)
+                expert_w.append(w)
+            x_l, keep = torch.stack(outs, 1), torch.stack(keeps, 1)
+            attention["local_experts"], attention["local_expert_w"] = torch.stack(experts, 1), torch.stack(expert_w, 1)
+        attention["local_keep"] = keep.detach()
+        token_ok = keep.detach() > 0.5  # [B, M, C]
+
+        # 3. cross-modal attention over present modalities (eqs. 3–7); identity when switched off
+        if cfg.use_cma:
+            cma_g, pair_g = self.cma_global(x_g[:, :, None], present, torch.ones_like(present)[:, :, None])
+            cma_g = cma_g[:, :, 0]
+            cma_l, pair_l = self.cma_local(x_l, present, token_ok)
+            attention["global_pair"] = pair_g[..., 0, 0]
+            attention["local_pair"] = pair_l
+            # attention a token receives, averaged over the present querying modalities and their tokens
+            n_query = (token_ok & present[:, :, None]).sum(-1).clamp(min=1)[:, :, None, None]  # [B, a, 1, 1]
+            received = (pair_l.sum(3) / n_query).sum(1)  # [B, c, j]
+            n_partners = (present.sum(1, keepdim=True) - 1).clamp(min=1)
+            attention["local_cma"] = received / n_partners[:, :, None]
+        else:
+            cma_g, cma_l = x_g, x_l
+        # a modality's local vector = mean of its kept tokens (the authors sum them)
+        cma_l_vec = (cma_l * keep[..., None]).sum(2) / keep.sum(2, keepdim=True).clamp(min=1)  # [B, M, H]
+
+        # 4. aggregate (eq. 8)
+        agg_g, agg_l = cma_g.sum(1), cma_l_vec.sum(1)
+
+        # 5. decoupled reconstruction: decode every modality, use it only where missing (eqs. 11–14)
+        rec_g, rec_l = self.recon_global(agg_g), self.recon_local(agg_l)
+        if cfg.use_recon:
+            final_g = DecoupledReconstruction.complete(cma_g, rec_g, present)
+            final_l = DecoupledReconstruction.complete(cma_l_vec, rec_l, present)
+        else:
+            final_g, final_l = cma_g, cma_l_vec
+        attention["reconstructed"] = ~present if cfg.use_recon else torch.zeros_like(present)
+
+        # 6. final MoE over the 2M completed tokens → X_out
+        tokens = torch.cat([final_g, final_l], dim=1)  # [B, 2M, H]
+        if cfg.use_moe:
+            tokens, idx, w = self.final_moe(tokens)
+            attention["final_experts"], attention["final_expert_w"] = idx, w
+        x_out = self.norm_out(tokens.sum(1))
+
+        aux = {"x_out": x_out, "cma_g": cma_g, "cma_l": cma_l_vec, "agg_g": agg_g, "agg_l": agg_l,
+               "rec_g": rec_g, "rec_l": rec_l, "final_g": final_g, "final_l": final_l, "present": present}
+        return x_out, aux, attention
+
+    def forward_head(self, x_out: Tensor) -> Tensor:
+        return self.head(x_out)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        x_out, aux, attention = self.forward_features(batch)
+        logits = self.forward_head(x_out)
+        return ModelOutput(logits=logits, probs=torch.softmax(logits, -1), aux=aux, attention=attention)
+
+    def loss(self, batch: Batch, out: ModelOutput, epoch: int) -> tuple[Tensor, dict[str, float]]:
+        """Eq. 20: λ1 SymCL + λ2 MCL + λ3 rec + λ4 (cls^G + cls^L + cls^agg); aligning after the warm-up."""
+        cfg, a, y = self.cfg, out.aux, batch.labels
+        present = a["present"]
+        cls_g = torch.stack([F.cross_entropy(h(a["final_g"][:, i]), y) for i, h in enumerate(self.head_global)]).mean()
+        cls_l = torch.stack([F.cross_entropy(h(a["final_l"][:, i]), y) for i, h in enumerate(self.head_local)]).mean()
+        cls = cls_g + cls_l + F.cross_entropy(out.logits, y)
+        zero = out.logits.new_zeros(())
+        rec = (DecoupledReconstruction.loss(a["cma_g"], a["rec_g"], present)
+               + DecoupledReconstruction.loss(a["cma_l"], a["rec_l"], present)) if cfg.use_recon else zero
+        symcl = mcl = zero
+        if cfg.use_align and epoch >= self.align_from_epoch:
+            terms = [symmetric_contrastive(a[f"cma_{lv}"][:, i], a[f"agg_{lv}"], present[:, i], cfg.symcl_temperature)
+                     for lv in ("g", "l") for i in range(len(cfg.modalities))]
+            symcl = torch.stack(terms).mean()  # eq. 16
+            mcl = self.prototypes.loss(a["x_out"], y, cfg.mcl_temperature)
+        l1, l2, l3, l4 = cfg.lambdas
+        total = l1 * symcl + l2 * mcl + l3 * rec + l4 * cls
+        parts = {"cls": cls, "rec": rec, "symcl": symcl, "mcl": mcl}
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    def on_batch_end(self, batch: Batch, out: ModelOutput, epoch: int) -> None:
+        if self.cfg.use_align:
+            self.prototypes.update(out.aux["x_out"], batch.labels)

@@ -1,0 +1,86 @@
+"""From a cohort to mini-batches: fold-local tokens (fitted on the training fold only) and padded batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mosare.cohort import Cohort
+from mosare.preprocess.local_tokens import fit_prototypes, gmm_local_tokens
+from mosare.types import Batch
+
+
+@dataclass
+class LocalTokens:
+    """Per-patient local tokens for one fold: wsi [P, C, Dw], rpt [P, C, Dt] (zeros where absent), and the
+    prototypes they were initialised from (kept in the checkpoint so inference reproduces them)."""
+
+    wsi: np.ndarray
+    rpt: np.ndarray
+    wsi_prototypes: np.ndarray
+    rpt_prototypes: np.ndarray
+
+
+def fit_local_tokens(cohort: Cohort, train_idx: np.ndarray, n_local: int, seed: int) -> LocalTokens:
+    """K-means prototypes over the *training* patients' items, then a per-item GMM for every patient."""
+    P = len(cohort)
+
+    def one(items: list[np.ndarray], has: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        train_items = [items[i] for i in train_idx if has[i] and len(items[i])]
+        if not train_items:
+            return np.zeros((P, n_local, dim), np.float32), np.zeros((n_local, dim), np.float32)
+        protos = fit_prototypes(train_items, n_components=n_local, seed=seed)
+        means, _ = gmm_local_tokens(items, protos)
+        means[~has] = 0.0
+        return means.astype(np.float32), protos.astype(np.float32)
+
+    rpt_dim = cohort.rpt_dim if cohort.rpt_global.size else 0
+    rpt, rpt_p = one(cohort.rpt_sentences, cohort.present[:, 2], rpt_dim) if rpt_dim else \
+        (np.zeros((P, n_local, 0), np.float32), np.zeros((n_local, 0), np.float32))
+    if cohort.wsi_dim:
+        wsi, wsi_p = one([cohort.wsi_bag(i) for i in range(P)], cohort.present[:, 0], cohort.wsi_dim)
+    else:
+        wsi, wsi_p = np.zeros((P, n_local, 0), np.float32), np.zeros((n_local, 0), np.float32)
+    return LocalTokens(wsi=wsi, rpt=rpt, wsi_prototypes=wsi_p, rpt_prototypes=rpt_p)
+
+
+def _pad(bags: list[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max([len(b) for b in bags] + [0])
+    out = np.zeros((len(bags), n, dim), np.float32)
+    mask = np.zeros((len(bags), n), bool)
+    for i, b in enumerate(bags):
+        out[i, : len(b)] = b
+        mask[i, : len(b)] = True
+    return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+def make_batch(cohort: Cohort, tokens: LocalTokens, idx: np.ndarray, present: np.ndarray,
+               max_patches: int | None = None, rng: np.random.Generator | None = None) -> Batch:
+    """Batch for patients ``idx`` with presence mask ``present`` [len(idx), 3] (natural & artificial).
+
+    When ``max_patches`` is set (training), at most that many patches are sampled per slide without
+    replacement; at inference every patch is used.
+    """
+    idx = np.asarray(idx)
+    wsi_bags = []
+    for i in idx:
+        bag = cohort.wsi_bag(int(i)) if cohort.wsi_dim else np.zeros((0, 0), np.float32)
+        if max_patches and len(bag) > max_patches:
+            bag = bag[(rng or np.random.default_rng()).choice(len(bag), max_patches, replace=False)]
+        wsi_bags.append(bag)
+    wsi_bag, wsi_mask = _pad(wsi_bags, cohort.wsi_dim)
+    rpt_dim = cohort.rpt_dim if cohort.rpt_global.size else 0
+    rpt_bag, rpt_mask = _pad([cohort.rpt_sentences[i] if rpt_dim else np.zeros((0, 0), np.float32) for i in idx], rpt_dim)
+    rna = cohort.rna[idx] if cohort.rna.size else np.zeros((len(idx), 0), np.float32)
+    rpt_global = cohort.rpt_global[idx] if rpt_dim else np.zeros((len(idx), 0), np.float32)
+    batch = Batch(
+        present=torch.from_numpy(np.ascontiguousarray(present)).bool(),
+        labels=torch.from_numpy(cohort.labels[idx]),
+        wsi_bag=wsi_bag, wsi_bag_mask=wsi_mask, wsi_local=torch.from_numpy(tokens.wsi[idx]),
+        rna=torch.from_numpy(np.ascontiguousarray(rna)),
+        rpt_bag=rpt_bag, rpt_bag_mask=rpt_mask,
+        rpt_global=torch.from_numpy(np.ascontiguousarray(rpt_global)), rpt_local=torch.from_numpy(tokens.rpt[idx]),
+    )
+    return batch.with_present(batch.present)

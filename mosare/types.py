@@ -1,0 +1,87 @@
+"""Plain data containers shared by every layer.
+
+Modalities are always indexed in the order of :data:`mosare.MODALITIES` (``wsi``, ``rna``, ``rpt``).
+Which modalities a case has is an explicit boolean mask; a missing modality is a zero tensor plus
+``present[:, m] == False`` — never ``None`` flowing through layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import Tensor
+
+from mosare import MODALITIES
+
+
+@dataclass
+class Batch:
+    """A padded mini-batch of B cases. Tensors of a modality the cohort lacks have width 0.
+
+    Shapes (Nw patches, Dw patch-feature dim, G genes, Ns sentences, Dt text dim, C local tokens):
+        present       [B, 3] bool   — modality observed (after any artificial masking), MODALITIES order
+        labels        [B] long      — class index (-1 when unknown, e.g. at inference)
+        wsi_bag       [B, Nw, Dw]   — patch features, zero-padded
+        wsi_bag_mask  [B, Nw] bool  — real (non-padding) patches
+        wsi_local     [B, C, Dw]    — per-slide GMM means (local tokens)
+        rna           [B, G]        — expression vector
+        rpt_bag       [B, Ns, Dt]   — sentence embeddings, zero-padded
+        rpt_bag_mask  [B, Ns] bool
+        rpt_global    [B, Dt]       — whole-report embedding
+        rpt_local     [B, C, Dt]    — per-report GMM means over sentence embeddings
+    """
+
+    present: Tensor
+    labels: Tensor
+    wsi_bag: Tensor
+    wsi_bag_mask: Tensor
+    wsi_local: Tensor
+    rna: Tensor
+    rpt_bag: Tensor
+    rpt_bag_mask: Tensor
+    rpt_global: Tensor
+    rpt_local: Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+
+    def with_present(self, present: Tensor) -> "Batch":
+        """The same batch with another presence mask; inputs of now-absent modalities are zeroed."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["present"] = present
+        keep = present.float()
+        for m, name in enumerate(MODALITIES):
+            k = keep[:, m]
+            for key in _MODALITY_FIELDS[name]:
+                t = out[key]
+                if t.dtype == torch.bool:
+                    out[key] = t & present[:, m].view(-1, *([1] * (t.dim() - 1)))
+                elif t.numel():
+                    out[key] = t * k.view(-1, *([1] * (t.dim() - 1)))
+        return Batch(**out)
+
+
+_MODALITY_FIELDS: dict[str, tuple[str, ...]] = {
+    "wsi": ("wsi_bag", "wsi_bag_mask", "wsi_local"),
+    "rna": ("rna",),
+    "rpt": ("rpt_bag", "rpt_bag_mask", "rpt_global", "rpt_local"),
+}
+
+
+@dataclass
+class ModelOutput:
+    """What every model (MoSARe and baselines) returns.
+
+    logits [B, K]; probs [B, K]; ``aux`` holds the extra tensors a model's loss needs;
+    ``attention`` holds the maps the dashboard draws (see :class:`mosare.model.mosare.MoSARe`).
+    """
+
+    logits: Tensor
+    probs: Tensor
+    aux: dict[str, Tensor] = field(default_factory=dict)
+    attention: dict[str, Tensor] = field(default_factory=dict)
