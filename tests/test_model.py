@@ -1,0 +1,156 @@
+"""MoSARe forward/backward over every non-empty modality subset, gradients, reconstruction, ablations."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+import torch
+
+from helpers import random_batch
+from mosare import MODALITIES
+from mosare.config import ModelConfig
+from mosare.model.mosare import MoSARe
+
+CFG = ModelConfig(wsi_dim=12, rna_dim=24, rpt_dim=10, hidden=32, n_classes=3, gene_token_dim=8)
+SUBSETS = [s for s in itertools.product([False, True], repeat=3) if any(s)]
+
+
+def _model(cfg: ModelConfig = CFG) -> MoSARe:
+    torch.manual_seed(0)
+    model = MoSARe(cfg)
+    model.align_from_epoch = 0  # exercise every loss term
+    return model
+
+
+@pytest.mark.parametrize("subset", SUBSETS, ids=lambda s: "+".join(m for m, p in zip(MODALITIES, s) if p))
+def test_shapes_and_finite_losses_for_every_subset(subset):
+    model = _model()
+    b = 8
+    batch = random_batch(CFG, b, present=torch.tensor([subset] * b), seed=1)
+    out = model(batch)
+    assert out.logits.shape == (b, 3) and out.probs.shape == (b, 3)
+    assert torch.allclose(out.probs.sum(-1), torch.ones(b))
+    assert out.aux["x_out"].shape == (b, CFG.hidden)
+    loss, parts = model.loss(batch, out, epoch=5)
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())
+    att = out.attention
+    assert att["local_cma"].shape == (b, 3, CFG.n_local)
+    assert att["reconstructed"].tolist() == [[not p for p in subset]] * b
+    # a missing modality neither gives nor receives cross-modal attention
+    for m, p in enumerate(subset):
+        if not p:
+            assert att["local_pair"][:, m].abs().sum() == 0 and att["local_pair"][:, :, m].abs().sum() == 0
+    loss.backward()
+
+
+def test_single_modality_cohorts_and_two_modality_cohort():
+    for mods in [("rna",), ("rpt",), ("wsi",), ("rna", "rpt")]:
+        cfg = replace(CFG, modalities=mods)
+        model = _model(cfg)
+        batch = random_batch(cfg, 6, seed=2)
+        out = model(batch)
+        loss, _ = model.loss(batch, out, epoch=5)
+        assert out.probs.shape == (6, 3) and torch.isfinite(loss)
+
+
+def test_every_parameter_gets_a_gradient_including_the_activation_gate():
+    model = _model()
+    b = 32
+    present = torch.ones(b, 3, dtype=torch.bool)
+    present[::4, 0] = False
+    present[1::4, 1] = False
+    present[2::4, 2] = False  # every modality missing for some cases → reconstruction path used
+    batch = random_batch(CFG, b, present=present, seed=3)
+    out = model(batch)
+    loss, _ = model.loss(batch, out, epoch=5)
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert no_grad == []
+    for m in CFG.modalities:
+        assert model.act_gate[m].score.weight.grad.abs().sum() > 0
+
+
+def test_activation_gate_learns_to_move():
+    """With a hard top-k and no straight-through gradient the gate's weights would never change."""
+    model = _model()
+    before = model.act_gate["rna"].score.weight.detach().clone()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(3):
+        batch = random_batch(CFG, 16, seed=10 + step)
+        out = model(batch)
+        loss, _ = model.loss(batch, out, epoch=5)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not torch.allclose(before, model.act_gate["rna"].score.weight)
+
+
+def test_reconstruction_fills_only_missing_modalities():
+    model = _model().eval()
+    b = 6
+    present = torch.tensor([[1, 1, 1], [0, 1, 1], [1, 0, 1], [1, 1, 0], [1, 0, 0], [0, 0, 1]], dtype=torch.bool)
+    out = model(random_batch(CFG, b, present=present, seed=4))
+    a = out.aux
+    for level in ("g", "l"):
+        final, observed, recon = a[f"final_{level}"], a[f"cma_{level}"], a[f"rec_{level}"]
+        for i in range(b):
+            for m in range(3):
+                expected = observed[i, m] if present[i, m] else recon[i, m]
+                assert torch.equal(final[i, m], expected)
+        # a missing modality's observed representation is exactly zero, so only the reconstruction carries it
+        assert observed[~present].abs().sum() == 0
+
+
+def test_reconstruction_loss_uses_present_modalities_only():
+    from mosare.model.reconstruction import DecoupledReconstruction
+
+    observed = torch.zeros(2, 3, 4)
+    recon = torch.ones(2, 3, 4)
+    present = torch.tensor([[True, False, False], [False, False, False]])
+    recon[0, 1:] = 100.0  # huge error on missing modalities must not count
+    assert DecoupledReconstruction.loss(observed, recon, present).item() == pytest.approx(1.0)
+
+
+def test_output_of_case_does_not_depend_on_its_missing_modality_inputs():
+    model = _model().eval()
+    present = torch.tensor([[True, False, True]] * 4)
+    b1 = random_batch(CFG, 4, present=present, seed=5)
+    b2 = random_batch(CFG, 4, present=present, seed=5)
+    b2.rna = torch.randn_like(b2.rna) * 100  # garbage in the missing modality's slot
+    b2 = b2.with_present(present)
+    assert torch.allclose(model(b1).probs, model(b2).probs)
+
+
+@pytest.mark.parametrize("switch", ["use_cma", "use_moe", "use_align", "use_recon"])
+def test_ablation_switches(switch):
+    cfg = replace(CFG, **{switch: False})
+    model = _model(cfg)
+    present = torch.ones(8, 3, dtype=torch.bool)
+    present[0, 1] = False
+    batch = random_batch(cfg, 8, present=present, seed=6)
+    out = model(batch)
+    loss, parts = model.loss(batch, out, epoch=5)
+    assert torch.isfinite(loss)
+    if switch == "use_align":
+        assert parts["symcl"] == 0 and parts["mcl"] == 0
+    if switch == "use_recon":
+        assert parts["rec"] == 0 and not out.attention["reconstructed"].any()
+    if switch == "use_moe":
+        assert "local_experts" not in out.attention and out.attention["local_keep"].min() == 1
+    if switch == "use_cma":
+        assert "local_pair" not in out.attention
+
+
+def test_prototype_memory_moves_towards_class_features():
+    from mosare.model.losses import PrototypeMemory
+
+    mem = PrototypeMemory(n_classes=2, n_prototypes=2, dim=4, momentum=0.5)
+    x = torch.tensor([[1.0, 0, 0, 0]] * 4 + [[0, 1.0, 0, 0]] * 4)
+    y = torch.tensor([0] * 4 + [1] * 4)
+    for _ in range(20):
+        mem.update(x, y)
+    assert mem.means[0, :, 0].min() > 0.9 and mem.means[1, :, 1].min() > 0.9
+    assert mem.loss(x, y, temperature=0.1) < mem.loss(x, 1 - y, temperature=0.1)
