@@ -139,13 +139,20 @@ class Predictor:
             wsi_bag=t(patches[:, :wsi_dim] if wsi_dim else np.zeros((0, 0))),
             wsi_bag_mask=torch.ones(1, len(patches) if wsi_dim else 0, dtype=torch.bool),
             wsi_local=t(local(case.patches, "wsi_prototypes", wsi_dim, "wsi") if wsi_dim else np.zeros((C, 0))),
-            rna=t(case.rna if case.rna is not None else np.zeros(cfg.rna_dim if "rna" in cfg.modalities else 0)),
+            rna=t(self._rna(case.rna) if case.rna is not None else np.zeros(cfg.rna_dim if "rna" in cfg.modalities else 0)),
             rpt_bag=t(sents if rpt_dim else np.zeros((0, 0))),
             rpt_bag_mask=torch.ones(1, len(sents) if rpt_dim else 0, dtype=torch.bool),
             rpt_global=t(case.report_emb if case.report_emb is not None else np.zeros(rpt_dim)),
             rpt_local=t(local(case.sentence_emb, "rpt_prototypes", rpt_dim, "rpt") if rpt_dim else np.zeros((C, 0))),
         )
         return b.with_present(b.present), resp
+
+    def _rna(self, x: np.ndarray) -> np.ndarray:
+        from mosare.train.data import standardise_rna
+
+        if "rna_mean" not in self.extras:
+            return x
+        return standardise_rna(x[None], self.extras["rna_mean"], self.extras["rna_std"])[0]
 
     @torch.no_grad()
     def predict(self, case: Case, present: np.ndarray | None = None) -> Prediction:

@@ -1,4 +1,4 @@
-"""From a cohort to mini-batches: fold-local tokens (fitted on the training fold only) and padded batches."""
+"""From a cohort to mini-batches: fold-fitted features (on the training fold only) and padded batches."""
 
 from __future__ import annotations
 
@@ -12,20 +12,49 @@ from mosare.preprocess.local_tokens import fit_prototypes, gmm_local_tokens
 from mosare.types import Batch
 
 
+RNA_CLIP = 10.0  # cBioPortal-style z-scores reach 10^4 for a few genes; clip before and after standardising
+
+
 @dataclass
-class LocalTokens:
-    """Per-patient local tokens for one fold: wsi [P, C, Dw], rpt [P, C, Dt] (zeros where absent), and the
-    prototypes they were initialised from (kept in the checkpoint so inference reproduces them)."""
+class FoldFeatures:
+    """What is fitted on one training fold and applied to every patient:
+
+    wsi [P, C, Dw], rpt [P, C, Dt]  local tokens (zeros where absent), from K-means prototypes of the fold;
+    rna [P, G]                      expression clipped to ±RNA_CLIP and standardised with the fold's per-gene
+                                    mean/std. Prototypes and RNA statistics go into the checkpoint so inference
+                                    reproduces them (see :meth:`extras`).
+    """
 
     wsi: np.ndarray
     rpt: np.ndarray
+    rna: np.ndarray
     wsi_prototypes: np.ndarray
     rpt_prototypes: np.ndarray
+    rna_mean: np.ndarray
+    rna_std: np.ndarray
+
+    def extras(self) -> dict[str, np.ndarray]:
+        return {"wsi_prototypes": self.wsi_prototypes, "rpt_prototypes": self.rpt_prototypes,
+                "rna_mean": self.rna_mean, "rna_std": self.rna_std}
 
 
-def fit_local_tokens(cohort: Cohort, train_idx: np.ndarray, n_local: int, seed: int) -> LocalTokens:
-    """K-means prototypes over the *training* patients' items, then a per-item GMM for every patient."""
+def standardise_rna(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """[N, G] → clipped, standardised [N, G] float32."""
+    z = (np.clip(x, -RNA_CLIP, RNA_CLIP) - mean) / std
+    return np.clip(z, -RNA_CLIP, RNA_CLIP).astype(np.float32)
+
+
+def fit_fold_features(cohort: Cohort, train_idx: np.ndarray, n_local: int, seed: int) -> FoldFeatures:
+    """K-means prototypes over the *training* patients' items, then a per-item GMM for every patient;
+    RNA statistics from the training patients that have RNA."""
     P = len(cohort)
+    rna_train = np.clip(cohort.rna[[i for i in train_idx if cohort.present[i, 1]]], -RNA_CLIP, RNA_CLIP)
+    if cohort.rna.size and len(rna_train):
+        mean, std = rna_train.mean(0), rna_train.std(0) + 1e-3
+        rna = standardise_rna(cohort.rna, mean, std) * cohort.present[:, 1:2]
+    else:
+        mean = std = np.zeros(cohort.rna.shape[1], np.float32)
+        rna = cohort.rna
 
     def one(items: list[np.ndarray], has: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
         train_items = [items[i] for i in train_idx if has[i] and len(items[i])]
@@ -43,7 +72,8 @@ def fit_local_tokens(cohort: Cohort, train_idx: np.ndarray, n_local: int, seed: 
         wsi, wsi_p = one([cohort.wsi_bag(i) for i in range(P)], cohort.present[:, 0], cohort.wsi_dim)
     else:
         wsi, wsi_p = np.zeros((P, n_local, 0), np.float32), np.zeros((n_local, 0), np.float32)
-    return LocalTokens(wsi=wsi, rpt=rpt, wsi_prototypes=wsi_p, rpt_prototypes=rpt_p)
+    return FoldFeatures(wsi=wsi, rpt=rpt, rna=rna, wsi_prototypes=wsi_p, rpt_prototypes=rpt_p,
+                        rna_mean=mean.astype(np.float32), rna_std=std.astype(np.float32))
 
 
 def _pad(bags: list[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +86,7 @@ def _pad(bags: list[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(out), torch.from_numpy(mask)
 
 
-def make_batch(cohort: Cohort, tokens: LocalTokens, idx: np.ndarray, present: np.ndarray,
+def make_batch(cohort: Cohort, tokens: FoldFeatures, idx: np.ndarray, present: np.ndarray,
                max_patches: int | None = None, rng: np.random.Generator | None = None) -> Batch:
     """Batch for patients ``idx`` with presence mask ``present`` [len(idx), 3] (natural & artificial).
 
@@ -73,7 +103,7 @@ def make_batch(cohort: Cohort, tokens: LocalTokens, idx: np.ndarray, present: np
     wsi_bag, wsi_mask = _pad(wsi_bags, cohort.wsi_dim)
     rpt_dim = cohort.rpt_dim if cohort.rpt_global.size else 0
     rpt_bag, rpt_mask = _pad([cohort.rpt_sentences[i] if rpt_dim else np.zeros((0, 0), np.float32) for i in idx], rpt_dim)
-    rna = cohort.rna[idx] if cohort.rna.size else np.zeros((len(idx), 0), np.float32)
+    rna = tokens.rna[idx] if tokens.rna.size else np.zeros((len(idx), 0), np.float32)
     rpt_global = cohort.rpt_global[idx] if rpt_dim else np.zeros((len(idx), 0), np.float32)
     batch = Batch(
         present=torch.from_numpy(np.ascontiguousarray(present)).bool(),

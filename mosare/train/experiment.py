@@ -22,7 +22,7 @@ from mosare.config import ExperimentConfig, ModelConfig, to_dict
 from mosare.io.atomic import atomic_write_text
 from mosare.io.checkpoint import save_checkpoint
 from mosare.model.registry import applicability, build_model
-from mosare.train.data import fit_local_tokens
+from mosare.train.data import fit_fold_features
 from mosare.train.loop import fit, predict_probs, resolve_device
 from mosare.train.metrics import classification_metrics
 from mosare.train.splits import make_scenario, patient_folds, train_val_split
@@ -58,7 +58,7 @@ def run_experiment(cohort: Cohort, cfg: ExperimentConfig, out_dir: str | Path, *
     bar = tqdm(total=n_runs, desc="experiment", unit="run", disable=not progress)
     for k, (train_all, test_idx) in enumerate(folds):
         train_idx, val_idx = train_val_split(train_all, cohort.labels, cfg.train.val_fraction, cfg.seed + k)
-        tokens = fit_local_tokens(cohort, train_all, mcfg.n_local, cfg.seed + k)
+        tokens = fit_fold_features(cohort, train_all, mcfg.n_local, cfg.seed + k)
         for scenario, rate in grid:
             split = make_scenario(scenario, rate, cohort.present, cohort.labels, train_idx, val_idx, test_idx,
                                   seed=cfg.seed * 1000 + k * 10 + int(round(rate * 100)))
@@ -87,7 +87,7 @@ def run_experiment(cohort: Cohort, cfg: ExperimentConfig, out_dir: str | Path, *
                     meta={"classes": list(cohort.classes), "genes": cohort.genes, "text_model": text_model,
                           "fold": k, "scenario": scenario, "mask_rate": rate, "best_epoch": res.best_epoch,
                           "test_metrics": metrics, "train": to_dict(tcfg)},
-                    extras={"wsi_prototypes": tokens.wsi_prototypes, "rpt_prototypes": tokens.rpt_prototypes},
+                    extras=tokens.extras(),
                 )
                 bar.update(1)
     bar.close()

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from mosare.cohort import Cohort
 from mosare.config import TrainConfig
 from mosare.model.base import SubtypingModel
-from mosare.train.data import LocalTokens, make_batch
+from mosare.train.data import FoldFeatures, make_batch
 from mosare.train.metrics import auc
 
 
@@ -41,7 +41,7 @@ class FitResult:
 
 
 @torch.no_grad()
-def predict_probs(model: SubtypingModel, cohort: Cohort, tokens: LocalTokens, idx: np.ndarray, present: np.ndarray,
+def predict_probs(model: SubtypingModel, cohort: Cohort, tokens: FoldFeatures, idx: np.ndarray, present: np.ndarray,
                   device: torch.device, batch_size: int = 64) -> np.ndarray:
     """Class probabilities [len(idx), K] using every patch (no sampling)."""
     model.eval()
@@ -53,7 +53,7 @@ def predict_probs(model: SubtypingModel, cohort: Cohort, tokens: LocalTokens, id
     return np.concatenate(out) if out else np.zeros((0, len(cohort.classes)), np.float32)
 
 
-def fit(model: SubtypingModel, cohort: Cohort, tokens: LocalTokens, train_idx: np.ndarray, val_idx: np.ndarray,
+def fit(model: SubtypingModel, cohort: Cohort, tokens: FoldFeatures, train_idx: np.ndarray, val_idx: np.ndarray,
         present: np.ndarray, cfg: TrainConfig, device: torch.device, desc: str = "train",
         progress: bool = True) -> FitResult:
     """Adam on the training split; keeps the weights of the epoch with the best validation AUC (ties: lower
