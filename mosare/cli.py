@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -64,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scrub-terms", type=_csv(str), default=(), help="extra words removed from reports")
     e.add_argument("--config", type=Path, help="YAML/JSON ExperimentConfig; command-line flags override it")
     e.add_argument("--batch-size", type=_positive, default=None)
-    e.add_argument("--patience", type=_positive, default=None)
+    e.add_argument("--patience", type=_positive, default=None, help="early-stopping patience in epochs (validation AUC)")
+    e.add_argument("--lr", type=float, default=None)
+    e.add_argument("--hidden", type=_positive, default=None, help="hidden size D of every model (default 256)")
+    e.add_argument("--workers", type=_positive, default=1,
+                   help="folds run in parallel processes (CPU: threads are shared; CUDA: one GPU per worker, round-robin)")
     e.add_argument("--text-model", default=None, help="local sentence-transformers folder (default: all-MiniLM-L6-v2)")
     e.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/mosare)")
 
@@ -101,8 +106,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                                "mask_rates": args.mask_rates, "scrub_terms": args.scrub_terms or None}.items() if v is not None}
     cfg = replace(cfg, complete_only=args.complete_only or cfg.complete_only, **over)
     tover = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "patience": args.patience,
-                                "device": args.device, "seed": args.seed}.items() if v is not None}
+                                "device": args.device, "seed": args.seed, "lr": args.lr}.items() if v is not None}
     cfg = replace(cfg, train=replace(cfg.train, **tover))
+    if args.hidden:
+        cfg = replace(cfg, model=replace(cfg.model, hidden=args.hidden))
+    if args.lr is not None and not 0 < args.lr < 1:
+        raise MosareError("--lr must lie in (0, 1)")
     if len(cfg.classes) < 2:
         raise MosareError("--classes needs at least two class names")
     bad = [s for s in cfg.scenarios if s not in SCENARIOS]
@@ -119,7 +128,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     cohort = build_cohort(args.rna, args.reports, args.slides, label_column=cfg.label_column, classes=cfg.classes,
                           scrub_terms=cfg.scrub_terms, complete_only=cfg.complete_only, embedder=embedder)
     print(f"cohort: {len(cohort)} patients — {cohort.subset_summary()}", file=sys.stderr)
-    run_experiment(cohort, cfg, args.out, text_model=embedder.model_id if embedder else "")
+    start = time.perf_counter()
+    run_experiment(cohort, cfg, args.out, text_model=embedder.model_id if embedder else "", workers=args.workers)
+    print(f"experiment finished in {time.perf_counter() - start:.0f} s; results in {args.out}", file=sys.stderr)
     print((args.out / "summary.md").read_text(encoding="utf-8"))
     return 0
 

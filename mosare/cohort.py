@@ -45,6 +45,13 @@ class Cohort:
     def __post_init__(self) -> None:
         self._wsi_cache = lru_cache(maxsize=512)(self._load_wsi)
 
+    def __getstate__(self) -> dict:  # picklable for worker processes: the cache is rebuilt there
+        return {k: v for k, v in self.__dict__.items() if k != "_wsi_cache"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
     def __len__(self) -> int:
         return len(self.patient_ids)
 

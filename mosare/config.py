@@ -32,7 +32,7 @@ class ModelConfig:
     hidden: int = 256  # D in the paper (1024 there; 256 in the authors' code)
     n_local: int = 16  # C, local tokens per modality
     rna_heads: int = 16  # N_h, ABMIL heads over gene tokens (eq. 2)
-    gene_token_dim: int = 32  # width of each lifted gene token before the per-head projection W_j
+    gene_token_dim: int = 8  # width of each lifted gene token before the per-head projection W_j (G tokens: keep small)
     n_experts: int = 5
     expert_top_k: int = 2
     local_keep: int = 4  # k of the activation gate (eq. 10): local tokens kept per modality
@@ -60,6 +60,8 @@ class ModelConfig:
             raise MosareError("n_classes must be at least 2")
         if not 1 <= self.expert_top_k <= self.n_experts:
             raise MosareError("expert_top_k must be between 1 and n_experts")
+        if self.hidden % self.cma_heads:
+            raise MosareError(f"hidden ({self.hidden}) must be a multiple of cma_heads ({self.cma_heads})")
         if not 1 <= self.local_keep <= self.n_local:
             raise MosareError("local_keep must be between 1 and n_local")
 
@@ -77,6 +79,7 @@ class TrainConfig:
     patience: int = 20  # early stopping on validation AUC (validation split of the training fold)
     val_fraction: float = 0.2
     max_patches: int = 2048  # patches sampled per slide when training; all at inference
+    max_sentences: int = 64  # sentences sampled per report bag when training (baselines' text bags); all at inference
     device: str = "auto"
     seed: int = 0
 

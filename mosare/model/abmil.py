@@ -13,7 +13,7 @@ class GatedAttentionPool(nn.Module):
     A bag with no real instance pools to zeros (attention all zero) instead of NaN.
     """
 
-    def __init__(self, dim: int, attn_dim: int = 128, heads: int = 1, dropout: float = 0.25) -> None:
+    def __init__(self, dim: int, attn_dim: int = 128, heads: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
         self.tanh_branch = nn.Sequential(nn.Linear(dim, attn_dim), nn.Tanh(), nn.Dropout(dropout))
         self.gate_branch = nn.Sequential(nn.Linear(dim, attn_dim), nn.Sigmoid(), nn.Dropout(dropout))

@@ -72,7 +72,7 @@ class RNAEncoder(nn.Module):
         self.global_mlp = _mlp(g, cfg.hidden, layers=3, dropout=cfg.dropout)
         self.value_dir = nn.Parameter(torch.randn(g, d) * d**-0.5)
         self.gene_embed = nn.Parameter(torch.randn(g, d) * 0.02)
-        self.pool = GatedAttentionPool(d, attn_dim=d, heads=cfg.rna_heads, dropout=0.1)
+        self.pool = GatedAttentionPool(d, attn_dim=d, heads=cfg.rna_heads, dropout=0.0)  # G tokens: dropout here costs more than the rest
         self.head_proj = nn.Parameter(torch.randn(cfg.rna_heads, d, cfg.hidden) * d**-0.5)  # W_j
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:

@@ -242,6 +242,17 @@ _LEADING_JUNK = " •.,;:|/\\-–—"
 _OPENERS = "([{\"'‘“«"
 
 
+# Section labels after which "1." / "A." opens the first item rather than giving a value ("grade: 3.").
+_SECTION_LABELS = frozenset(
+    "diagnosis diagnoses specimen specimens comment comments note notes summary procedure procedures findings "
+    "impression conclusion conclusions description addendum report".split()
+)
+
+
+def _is_heading_label(token: str) -> bool:
+    return token.endswith(":") and token.rstrip(":").lower().lstrip(_OPENERS) in _SECTION_LABELS
+
+
 def _first_alnum(token: str) -> str:
     for ch in token:
         if ch.isalnum():
@@ -271,12 +282,14 @@ def _is_enumerator(token: str, following: str | None) -> bool:
     return True
 
 
-def _is_boundary(tok: str, nxt: str, nxt2: str | None, at_start: bool) -> bool:
-    """Does a sentence end between the tokens ``tok`` and ``nxt``?"""
+def _is_boundary(prev: str | None, tok: str, nxt: str, nxt2: str | None, at_start: bool) -> bool:
+    """Does a sentence end between the tokens ``tok`` and ``nxt`` (``prev`` precedes ``tok``)?"""
     if nxt.startswith("•"):
         return True
-    if at_start and (tok == "•" or _ENUM_RE.match(tok)):
-        return False  # "B." / "2)" / "•" opening a sentence stays with its text
+    if _ENUM_RE.match(tok) and (at_start or (prev is not None and _is_heading_label(prev))):
+        return False  # "B." / "2)" opening a sentence, or after "Diagnosis:", stays with its text
+    if at_start and tok == "•":
+        return False
     ends = _ends_sentence(tok) or tok.endswith(";")
     if _is_enumerator(nxt, nxt2):
         if nxt.endswith(")"):
@@ -304,7 +317,8 @@ def _split_block(block: str) -> list[str]:
         tok = block[toks[i][0] : toks[i][1]]
         nxt = block[toks[i + 1][0] : toks[i + 1][1]]
         nxt2 = block[toks[i + 2][0] : toks[i + 2][1]] if i + 2 < len(toks) else None
-        if _is_boundary(tok, nxt, nxt2, at_start=i == start):
+        prev = block[toks[i - 1][0] : toks[i - 1][1]] if i > 0 else None
+        if _is_boundary(prev, tok, nxt, nxt2, at_start=i == start):
             pieces.append(block[toks[start][0] : toks[i][1]])
             start = i + 1
     pieces.append(block[toks[start][0] : toks[-1][1]])
@@ -373,7 +387,9 @@ def _words(text: str) -> int:
 
 def _starts_item(piece: str) -> bool:
     words = piece.split()
-    return bool(words) and (words[0].startswith("•") or _is_enumerator(words[0], words[1] if len(words) > 1 else None))
+    if not words:
+        return False
+    return words[0].startswith("•") or _is_enumerator(words[0], words[1] if len(words) > 1 else None)
 
 
 def _is_short_caps(piece: str) -> bool:
@@ -383,13 +399,14 @@ def _is_short_caps(piece: str) -> bool:
 
 def _limit_length(piece: str) -> list[str]:
     """Re-split a run-on piece at ';' and line breaks (packing the bits back up to ``_SPLIT_WORDS``
-    words), then cut anything longer than ``_MAX_WORDS`` words into even chunks."""
+    words), then cut anything longer than ``_MAX_WORDS`` words into even chunks. No piece is made to start
+    with a number ("...; 4 = 31-60% of cells" stays with what precedes it)."""
     if _words(piece) <= _SPLIT_WORDS:
         return [piece]
     bits = [b for b in re.split(r"(?<=;)\s+|\n", piece) if b.strip()]
     packed: list[str] = []
     for bit in bits:
-        if packed and _words(packed[-1]) + _words(bit) <= _SPLIT_WORDS:
+        if packed and (_words(packed[-1]) + _words(bit) <= _SPLIT_WORDS or bit.lstrip()[:1].isdigit()):
             packed[-1] = packed[-1] + " " + bit
         else:
             packed.append(bit)
@@ -399,9 +416,20 @@ def _limit_length(piece: str) -> list[str]:
         if len(words) <= _MAX_WORDS:
             out.append(p)
             continue
-        n = math.ceil(len(words) / _MAX_WORDS)
+        slack = 5  # cut points may move this many words to avoid a number (chunks stay <= _MAX_WORDS)
+        n = math.ceil(len(words) / (_MAX_WORDS - 2 * slack))
         size = math.ceil(len(words) / n)
-        out.extend(" ".join(words[k : k + size]) for k in range(0, len(words), size))
+        cuts = [0]
+        for k in range(1, n):
+            target = k * size
+            for delta in sorted(range(-slack, slack + 1), key=abs):
+                c = target + delta
+                if cuts[-1] < c < len(words) and not words[c][0].isdigit():
+                    target = c
+                    break
+            cuts.append(target)
+        cuts.append(len(words))
+        out.extend(" ".join(words[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a)
     return out
 
 
@@ -409,7 +437,7 @@ def _normalise(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u00a0", " ").replace("\t", " ")
     text = re.sub(r"(?<=\d)·(?=\d)", ".", text)  # OCR middle-dot decimals: 2·5 cm
     text = re.sub(rf"[{_BULLETS}·]", "\n• ", text)
-    text = re.sub(r"(?m)^[ ]*[-*–]\s+", "• ", text)  # dash / star bullets at a line start
+    text = re.sub(r"(?m)^ *[-*–] +", "• ", text)  # dash / star bullets at a line start
     text = re.sub(r"\.{3,}", ". ", text)  # ellipses and dotted leaders
     text = re.sub(r"([^\w\s.]|_)\1{2,}", " ", text)  # OCR rules and noise: ____ ==== |||| ----
     return text

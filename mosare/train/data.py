@@ -86,23 +86,28 @@ def _pad(bags: list[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(out), torch.from_numpy(mask)
 
 
+def _sample(bag: np.ndarray, limit: int | None, rng: np.random.Generator | None) -> np.ndarray:
+    if limit and len(bag) > limit:
+        keep = np.sort((rng or np.random.default_rng()).choice(len(bag), limit, replace=False))
+        return bag[keep]
+    return bag
+
+
 def make_batch(cohort: Cohort, tokens: FoldFeatures, idx: np.ndarray, present: np.ndarray,
-               max_patches: int | None = None, rng: np.random.Generator | None = None) -> Batch:
+               max_patches: int | None = None, rng: np.random.Generator | None = None,
+               max_sentences: int | None = None) -> Batch:
     """Batch for patients ``idx`` with presence mask ``present`` [len(idx), 3] (natural & artificial).
 
-    When ``max_patches`` is set (training), at most that many patches are sampled per slide without
-    replacement; at inference every patch is used.
+    When ``max_patches`` / ``max_sentences`` are set (training), at most that many patches per slide and
+    sentences per report are sampled without replacement; at inference every instance is used.
     """
     idx = np.asarray(idx)
-    wsi_bags = []
-    for i in idx:
-        bag = cohort.wsi_bag(int(i)) if cohort.wsi_dim else np.zeros((0, 0), np.float32)
-        if max_patches and len(bag) > max_patches:
-            bag = bag[(rng or np.random.default_rng()).choice(len(bag), max_patches, replace=False)]
-        wsi_bags.append(bag)
+    empty = np.zeros((0, 0), np.float32)
+    wsi_bags = [_sample(cohort.wsi_bag(int(i)), max_patches, rng) if cohort.wsi_dim else empty for i in idx]
     wsi_bag, wsi_mask = _pad(wsi_bags, cohort.wsi_dim)
     rpt_dim = cohort.rpt_dim if cohort.rpt_global.size else 0
-    rpt_bag, rpt_mask = _pad([cohort.rpt_sentences[i] if rpt_dim else np.zeros((0, 0), np.float32) for i in idx], rpt_dim)
+    rpt_bags = [_sample(cohort.rpt_sentences[i], max_sentences, rng) if rpt_dim else empty for i in idx]
+    rpt_bag, rpt_mask = _pad(rpt_bags, rpt_dim)
     rna = tokens.rna[idx] if tokens.rna.size else np.zeros((len(idx), 0), np.float32)
     rpt_global = cohort.rpt_global[idx] if rpt_dim else np.zeros((len(idx), 0), np.float32)
     batch = Batch(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+import multiprocessing as mp
+import queue as queue_mod
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,55 +44,111 @@ def scenario_grid(cfg: ExperimentConfig) -> list[tuple[str, float]]:
     return [(s, 0.0) if s == "complete" else (s, r) for s in cfg.scenarios for r in (cfg.mask_rates if s != "complete" else [0.0])]
 
 
+def _run_fold(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: int, train_all: np.ndarray,
+              test_idx: np.ndarray, out: Path, text_model: str, device: torch.device,
+              reasons: dict[str, str | None], on_run_done=None, progress: bool = False) -> tuple[list[dict], list[dict]]:
+    """Every scenario × model for fold k. Returns (metric rows, run records)."""
+    rows, runs = [], []
+    train_idx, val_idx = train_val_split(train_all, cohort.labels, cfg.train.val_fraction, cfg.seed + k)
+    tokens = fit_fold_features(cohort, train_all, mcfg.n_local, cfg.seed + k)
+    for scenario, rate in scenario_grid(cfg):
+        split = make_scenario(scenario, rate, cohort.present, cohort.labels, train_idx, val_idx, test_idx,
+                              seed=cfg.seed * 1000 + k * 10 + int(round(rate * 100)))
+        for name in cfg.models:
+            reason = reasons[name] or split.not_applicable
+            row = {"model": name, "scenario": scenario, "mask_rate": rate, "fold": k}
+            if reason:
+                rows.append({**row, "auc": np.nan, "f1": np.nan, "acc": np.nan})
+                runs.append({**row, "status": f"NA: {reason}"})
+                if reasons[name] is None and on_run_done:
+                    on_run_done(f"fold {k} {scenario} {rate:g} {name}: NA")
+                continue
+            torch.manual_seed(cfg.seed + k)
+            model = build_model(name, mcfg)
+            tcfg = replace(cfg.train, seed=cfg.seed + k)
+            res = fit(model, cohort, tokens, split.train_idx, split.val_idx, split.present, tcfg, device,
+                      desc=f"{name} {scenario} {rate:g} f{k}", progress=progress)
+            probs = predict_probs(model, cohort, tokens, test_idx, split.test_present, device)
+            metrics = classification_metrics(cohort.labels[test_idx], probs)
+            rows.append({**row, **metrics})
+            runs.append({**row, "status": "ok", "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
+                         "val_auc": res.best_val_auc, "n_train": len(split.train_idx), "seconds": round(res.seconds, 2)})
+            save_checkpoint(
+                out / "checkpoints" / name / f"{scenario}-{rate:g}" / f"fold{k}", model, name, mcfg,
+                meta={"classes": list(cohort.classes), "genes": cohort.genes, "text_model": text_model,
+                      "fold": k, "scenario": scenario, "mask_rate": rate, "best_epoch": res.best_epoch,
+                      "test_metrics": metrics, "train": to_dict(tcfg)},
+                extras=tokens.extras(),
+            )
+            if on_run_done:
+                on_run_done(f"fold {k} {scenario} {rate:g} {name}: AUC {metrics['auc']:.1f}")
+    return rows, runs
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _fold_in_worker(args: tuple) -> tuple[list[dict], list[dict]]:
+    *fold_args, queue = args
+    return _run_fold(*fold_args, on_run_done=queue.put)
+
+
+def worker_devices(device: torch.device, workers: int) -> list[torch.device]:
+    """One device per worker: CPU workers share the CPU; CUDA workers take GPUs round-robin."""
+    if device.type != "cuda":
+        return [device] * workers
+    n = torch.cuda.device_count()
+    return [torch.device(f"cuda:{i % n}") for i in range(workers)]
+
+
 def run_experiment(cohort: Cohort, cfg: ExperimentConfig, out_dir: str | Path, *, text_model: str = "",
-                   progress: bool = True) -> pd.DataFrame:
-    """Run the grid, write metrics.csv, runs.csv, summary.md and checkpoints under ``out_dir``."""
+                   workers: int = 1, progress: bool = True) -> pd.DataFrame:
+    """Run the grid, write metrics.csv, runs.csv, summary.md and checkpoints under ``out_dir``.
+
+    ``workers`` > 1 runs folds in parallel processes (each with its own share of CPU threads, or its own GPU).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.train.device)
     mcfg = model_config_for(cohort, cfg.model)
     atomic_write_text(out / "config.json", json.dumps(to_dict(replace(cfg, model=mcfg)), indent=1))
     folds = patient_folds(cohort.labels, cfg.folds, cfg.seed)
-    grid = scenario_grid(cfg)
     reasons = {m: applicability(m, cohort.modalities) for m in cfg.models}
-    rows, runs = [], []
-    n_runs = len(folds) * len(grid) * sum(r is None for r in reasons.values())
+    n_runs = len(folds) * len(scenario_grid(cfg)) * sum(r is None for r in reasons.values())
     bar = tqdm(total=n_runs, desc="experiment", unit="run", disable=not progress)
-    for k, (train_all, test_idx) in enumerate(folds):
-        train_idx, val_idx = train_val_split(train_all, cohort.labels, cfg.train.val_fraction, cfg.seed + k)
-        tokens = fit_fold_features(cohort, train_all, mcfg.n_local, cfg.seed + k)
-        for scenario, rate in grid:
-            split = make_scenario(scenario, rate, cohort.present, cohort.labels, train_idx, val_idx, test_idx,
-                                  seed=cfg.seed * 1000 + k * 10 + int(round(rate * 100)))
-            for name in cfg.models:
-                reason = reasons[name] or split.not_applicable
-                row = {"model": name, "scenario": scenario, "mask_rate": rate, "fold": k}
-                if reason:
-                    rows.append({**row, "auc": np.nan, "f1": np.nan, "acc": np.nan})
-                    runs.append({**row, "status": f"NA: {reason}"})
-                    if reasons[name] is None:
-                        bar.update(1)
-                    continue
-                torch.manual_seed(cfg.seed + k)
-                model = build_model(name, mcfg)
-                bar.set_postfix_str(f"fold {k} {scenario} {rate:g} {name}")
-                tcfg = replace(cfg.train, seed=cfg.seed + k)
-                res = fit(model, cohort, tokens, split.train_idx, split.val_idx, split.present, tcfg, device,
-                          desc=f"{name} {scenario} {rate:g} f{k}", progress=progress)
-                probs = predict_probs(model, cohort, tokens, test_idx, split.test_present, device)
-                metrics = classification_metrics(cohort.labels[test_idx], probs)
-                rows.append({**row, **metrics})
-                runs.append({**row, "status": "ok", "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
-                             "val_auc": res.best_val_auc, "n_train": len(split.train_idx), "seconds": round(res.seconds, 2)})
-                save_checkpoint(
-                    out / "checkpoints" / name / f"{scenario}-{rate:g}" / f"fold{k}", model, name, mcfg,
-                    meta={"classes": list(cohort.classes), "genes": cohort.genes, "text_model": text_model,
-                          "fold": k, "scenario": scenario, "mask_rate": rate, "best_epoch": res.best_epoch,
-                          "test_metrics": metrics, "train": to_dict(tcfg)},
-                    extras=tokens.extras(),
-                )
-                bar.update(1)
+
+    def done(msg: str) -> None:
+        bar.set_postfix_str(msg, refresh=False)
+        bar.update(1)
+
+    results: list[tuple[list[dict], list[dict]]] = []
+    workers = max(1, min(workers, len(folds)))
+    if workers == 1:
+        for k, (train_all, test_idx) in enumerate(folds):
+            results.append(_run_fold(cohort, cfg, mcfg, k, train_all, test_idx, out, text_model, device, reasons,
+                                     on_run_done=done, progress=progress))
+    else:
+        ctx = mp.get_context("spawn")
+        devices = worker_devices(device, workers)
+        threads = max(1, torch.get_num_threads() // workers) if device.type == "cpu" else 1
+        with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                                            initargs=(threads,)) as pool:
+            queue = manager.Queue()
+            futures = [pool.submit(_fold_in_worker, (cohort, cfg, mcfg, k, tr, te, out, text_model,
+                                                     devices[k % workers], reasons, queue))
+                       for k, (tr, te) in enumerate(folds)]
+            while not all(f.done() for f in futures):
+                try:
+                    done(queue.get(timeout=0.5))
+                except queue_mod.Empty:
+                    pass
+            while not queue.empty():
+                done(queue.get())
+            results = [f.result() for f in futures]
     bar.close()
+    rows = [r for fold_rows, _ in results for r in fold_rows]
+    runs = [r for _, fold_runs in results for r in fold_runs]
     metrics_df = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     atomic_write_text(out / "metrics.csv", metrics_df.to_csv(index=False, float_format="%.2f", na_rep="NA"))
     atomic_write_text(out / "runs.csv", pd.DataFrame(runs).to_csv(index=False))

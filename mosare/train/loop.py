@@ -64,7 +64,7 @@ def fit(model: SubtypingModel, cohort: Cohort, tokens: FoldFeatures, train_idx: 
     model.to(device)
     if hasattr(model, "align_from_epoch"):
         model.align_from_epoch = cfg.align_warmup
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     best = (-np.inf, np.inf)
     best_state, best_epoch, history = copy.deepcopy(model.state_dict()), -1, []
     bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False, unit="ep")
@@ -76,7 +76,7 @@ def fit(model: SubtypingModel, cohort: Cohort, tokens: FoldFeatures, train_idx: 
             part = order[s: s + cfg.batch_size]
             if len(part) < 2:  # a single case breaks in-batch contrastive terms and LayerNorm statistics
                 continue
-            batch = make_batch(cohort, tokens, part, present[part], cfg.max_patches, rng).to(device)
+            batch = make_batch(cohort, tokens, part, present[part], cfg.max_patches, rng, cfg.max_sentences).to(device)
             out = model(batch)
             loss, _ = model.loss(batch, out, epoch)
             opt.zero_grad(set_to_none=True)
