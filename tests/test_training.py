@@ -160,3 +160,14 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     save_checkpoint(tmp_path / "nan", bad, "mosare", cfg, meta={"classes": ["A", "B"]})
     with pytest.raises(CheckpointError, match="NaN"):
         load_checkpoint(tmp_path / "nan.safetensors")
+
+
+def test_parallel_workers_match_serial_run(tmp_path):
+    cohort = rna_cohort(n=48)
+    cfg = ExperimentConfig(classes=("A", "B"), folds=2, models=("mosare", "snn"),
+                           scenarios=("complete", "masked-masked"), mask_rates=(0.3,),
+                           model=ModelConfig(hidden=16, gene_token_dim=4),
+                           train=TrainConfig(epochs=2, batch_size=16, lr=1e-3, align_warmup=1, device="cpu"))
+    serial = run_experiment(cohort, cfg, tmp_path / "serial", progress=False)
+    parallel = run_experiment(cohort, cfg, tmp_path / "parallel", workers=2, progress=False)
+    pd.testing.assert_frame_equal(serial, parallel, atol=1e-3)

@@ -44,54 +44,67 @@ def scenario_grid(cfg: ExperimentConfig) -> list[tuple[str, float]]:
     return [(s, 0.0) if s == "complete" else (s, r) for s in cfg.scenarios for r in (cfg.mask_rates if s != "complete" else [0.0])]
 
 
-def _run_fold(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: int, train_all: np.ndarray,
-              test_idx: np.ndarray, out: Path, text_model: str, device: torch.device,
-              reasons: dict[str, str | None], on_run_done=None, progress: bool = False) -> tuple[list[dict], list[dict]]:
-    """Every scenario × model for fold k. Returns (metric rows, run records)."""
-    rows, runs = [], []
+def _prepare_fold(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: int, train_all: np.ndarray):
+    """Validation split of the training fold and the features fitted on the training fold."""
     train_idx, val_idx = train_val_split(train_all, cohort.labels, cfg.train.val_fraction, cfg.seed + k)
-    tokens = fit_fold_features(cohort, train_all, mcfg.n_local, cfg.seed + k)
-    for scenario, rate in scenario_grid(cfg):
-        split = make_scenario(scenario, rate, cohort.present, cohort.labels, train_idx, val_idx, test_idx,
-                              seed=cfg.seed * 1000 + k * 10 + int(round(rate * 100)))
-        for name in cfg.models:
-            reason = reasons[name] or split.not_applicable
-            row = {"model": name, "scenario": scenario, "mask_rate": rate, "fold": k}
-            if reason:
-                rows.append({**row, "auc": np.nan, "f1": np.nan, "acc": np.nan})
-                runs.append({**row, "status": f"NA: {reason}"})
-                if reasons[name] is None and on_run_done:
-                    on_run_done(f"fold {k} {scenario} {rate:g} {name}: NA")
-                continue
-            torch.manual_seed(cfg.seed + k)
-            model = build_model(name, mcfg)
-            tcfg = replace(cfg.train, seed=cfg.seed + k)
-            res = fit(model, cohort, tokens, split.train_idx, split.val_idx, split.present, tcfg, device,
-                      desc=f"{name} {scenario} {rate:g} f{k}", progress=progress)
-            probs = predict_probs(model, cohort, tokens, test_idx, split.test_present, device)
-            metrics = classification_metrics(cohort.labels[test_idx], probs)
-            rows.append({**row, **metrics})
-            runs.append({**row, "status": "ok", "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
-                         "val_auc": res.best_val_auc, "n_train": len(split.train_idx), "seconds": round(res.seconds, 2)})
-            save_checkpoint(
-                out / "checkpoints" / name / f"{scenario}-{rate:g}" / f"fold{k}", model, name, mcfg,
-                meta={"classes": list(cohort.classes), "genes": cohort.genes, "text_model": text_model,
-                      "fold": k, "scenario": scenario, "mask_rate": rate, "best_epoch": res.best_epoch,
-                      "test_metrics": metrics, "train": to_dict(tcfg)},
-                extras=tokens.extras(),
-            )
-            if on_run_done:
-                on_run_done(f"fold {k} {scenario} {rate:g} {name}: AUC {metrics['auc']:.1f}")
+    return train_idx, val_idx, fit_fold_features(cohort, train_all, mcfg.n_local, cfg.seed + k)
+
+
+def _run_setting(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: int, fold: tuple, test_idx: np.ndarray,
+                 scenario: str, rate: float, out: Path, text_model: str, device: torch.device,
+                 reasons: dict[str, str | None], on_run_done=None, progress: bool = False) -> tuple[list[dict], list[dict]]:
+    """Every model for one (fold, scenario, mask rate). Returns (metric rows, run records)."""
+    train_idx, val_idx, tokens = fold
+    rows, runs = [], []
+    split = make_scenario(scenario, rate, cohort.present, cohort.labels, train_idx, val_idx, test_idx,
+                          seed=cfg.seed * 1000 + k * 10 + int(round(rate * 100)))
+    for name in cfg.models:
+        reason = reasons[name] or split.not_applicable
+        row = {"model": name, "scenario": scenario, "mask_rate": rate, "fold": k}
+        if reason:
+            rows.append({**row, "auc": np.nan, "f1": np.nan, "acc": np.nan})
+            runs.append({**row, "status": f"NA: {reason}"})
+            if reasons[name] is None and on_run_done:
+                on_run_done(f"fold {k} {scenario} {rate:g} {name}: NA")
+            continue
+        torch.manual_seed(cfg.seed + k)
+        model = build_model(name, mcfg)
+        tcfg = replace(cfg.train, seed=cfg.seed + k)
+        res = fit(model, cohort, tokens, split.train_idx, split.val_idx, split.present, tcfg, device,
+                  desc=f"{name} {scenario} {rate:g} f{k}", progress=progress)
+        probs = predict_probs(model, cohort, tokens, test_idx, split.test_present, device)
+        metrics = classification_metrics(cohort.labels[test_idx], probs)
+        rows.append({**row, **metrics})
+        runs.append({**row, "status": "ok", "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
+                     "val_auc": res.best_val_auc, "n_train": len(split.train_idx), "seconds": round(res.seconds, 2)})
+        save_checkpoint(
+            out / "checkpoints" / name / f"{scenario}-{rate:g}" / f"fold{k}", model, name, mcfg,
+            meta={"classes": list(cohort.classes), "genes": cohort.genes, "text_model": text_model,
+                  "fold": k, "scenario": scenario, "mask_rate": rate, "best_epoch": res.best_epoch,
+                  "test_metrics": metrics, "train": to_dict(tcfg)},
+            extras=tokens.extras(),
+        )
+        if on_run_done:
+            on_run_done(f"fold {k} {scenario} {rate:g} {name}: AUC {metrics['auc']:.1f}")
     return rows, runs
 
 
-def _worker_init(threads: int) -> None:
+# State of a worker process, set once by its initializer (the cohort is sent once, not with every task).
+_WORKER: dict = {}
+
+
+def _worker_init(threads: int, shared: dict) -> None:
     torch.set_num_threads(threads)
+    _WORKER.update(shared, fold_cache={})
 
 
-def _fold_in_worker(args: tuple) -> tuple[list[dict], list[dict]]:
-    *fold_args, queue = args
-    return _run_fold(*fold_args, on_run_done=queue.put)
+def _setting_in_worker(k: int, scenario: str, rate: float, device: torch.device) -> tuple[list[dict], list[dict]]:
+    w = _WORKER
+    train_all, test_idx = w["folds"][k]
+    if k not in w["fold_cache"]:
+        w["fold_cache"] = {k: _prepare_fold(w["cohort"], w["cfg"], w["mcfg"], k, train_all)}  # keep one fold
+    return _run_setting(w["cohort"], w["cfg"], w["mcfg"], k, w["fold_cache"][k], test_idx, scenario, rate, w["out"],
+                        w["text_model"], device, w["reasons"], on_run_done=w["queue"].put)
 
 
 def worker_devices(device: torch.device, workers: int) -> list[torch.device]:
@@ -106,7 +119,8 @@ def run_experiment(cohort: Cohort, cfg: ExperimentConfig, out_dir: str | Path, *
                    workers: int = 1, progress: bool = True) -> pd.DataFrame:
     """Run the grid, write metrics.csv, runs.csv, summary.md and checkpoints under ``out_dir``.
 
-    ``workers`` > 1 runs folds in parallel processes (each with its own share of CPU threads, or its own GPU).
+    ``workers`` > 1 runs (fold, scenario) tasks in parallel processes, each with its share of the CPU threads
+    or its own GPU (round-robin over the visible GPUs).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,30 +136,36 @@ def run_experiment(cohort: Cohort, cfg: ExperimentConfig, out_dir: str | Path, *
         bar.set_postfix_str(msg, refresh=False)
         bar.update(1)
 
+    grid = scenario_grid(cfg)
+    tasks = [(k, scenario, rate) for k in range(len(folds)) for scenario, rate in grid]
     results: list[tuple[list[dict], list[dict]]] = []
-    workers = max(1, min(workers, len(folds)))
+    workers = max(1, min(workers, len(tasks)))
     if workers == 1:
         for k, (train_all, test_idx) in enumerate(folds):
-            results.append(_run_fold(cohort, cfg, mcfg, k, train_all, test_idx, out, text_model, device, reasons,
-                                     on_run_done=done, progress=progress))
-    else:
+            fold = _prepare_fold(cohort, cfg, mcfg, k, train_all)
+            for scenario, rate in grid:
+                results.append(_run_setting(cohort, cfg, mcfg, k, fold, test_idx, scenario, rate, out, text_model,
+                                            device, reasons, on_run_done=done, progress=progress))
+    else:  # (fold, scenario) tasks over worker processes: balanced even when folds don't divide evenly
         ctx = mp.get_context("spawn")
         devices = worker_devices(device, workers)
         threads = max(1, torch.get_num_threads() // workers) if device.type == "cpu" else 1
-        with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                                            initargs=(threads,)) as pool:
+        with ctx.Manager() as manager:
             queue = manager.Queue()
-            futures = [pool.submit(_fold_in_worker, (cohort, cfg, mcfg, k, tr, te, out, text_model,
-                                                     devices[k % workers], reasons, queue))
-                       for k, (tr, te) in enumerate(folds)]
-            while not all(f.done() for f in futures):
-                try:
-                    done(queue.get(timeout=0.5))
-                except queue_mod.Empty:
-                    pass
-            while not queue.empty():
-                done(queue.get())
-            results = [f.result() for f in futures]
+            shared = {"cohort": cohort, "cfg": cfg, "mcfg": mcfg, "folds": folds, "out": out,
+                      "text_model": text_model, "reasons": reasons, "queue": queue}
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                     initargs=(threads, shared)) as pool:
+                futures = [pool.submit(_setting_in_worker, k, scenario, rate, devices[i % workers])
+                           for i, (k, scenario, rate) in enumerate(tasks)]
+                while not all(f.done() for f in futures):
+                    try:
+                        done(queue.get(timeout=0.5))
+                    except queue_mod.Empty:
+                        pass
+                while not queue.empty():
+                    done(queue.get())
+                results = [f.result() for f in futures]
     bar.close()
     rows = [r for fold_rows, _ in results for r in fold_rows]
     runs = [r for _, fold_runs in results for r in fold_runs]
