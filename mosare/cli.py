@@ -80,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--features", type=Path, help="patch features .h5 (TRIDENT/CLAM layout)")
     pr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
+    x = sub.add_parser("extract", help="patch features of whole-slide images (tissue tiles -> encoder -> .h5)")
+    x.add_argument("--slides", type=Path, help="folder of slides, or a CSV with a slide_path column")
+    x.add_argument("--out", type=Path, help="output folder: <slide>.h5 per slide, QC thumbnails in <out>/qc")
+    x.add_argument("--encoder", default="handcrafted", help="see --list-encoders (default: handcrafted)")
+    x.add_argument("--encoder-weights", type=Path, default=None,
+                   help="local weights file (.safetensors/.bin/.pth) for encoders that need one, e.g. uni")
+    x.add_argument("--batch-size", type=_positive, default=64)
+    x.add_argument("--workers", type=int, default=2, help="tile-decoding processes (0: decode in the main process)")
+    x.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    x.add_argument("--mpp", type=float, default=None, help="microns per level-0 pixel, overriding the slide metadata")
+    x.add_argument("--skip-errors", action="store_true", help="report failing slides and go on (exit code 1)")
+    x.add_argument("--list-encoders", action="store_true", help="list the encoders and exit")
+
     d = sub.add_parser("demo-cohort", help="write the synthetic demo cohort")
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--cases", type=_positive, default=120)
@@ -159,6 +172,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract(args: argparse.Namespace) -> int:
+    from mosare.preprocess.encoders import list_encoders
+
+    if args.list_encoders:
+        rows = [(e.name, str(e.dim), "yes" if e.pathology_pretrained else "no",
+                 e.description + ("" if e.pathology_pretrained else f"; {e.provenance}"))
+                for e in list_encoders()]
+        rows.insert(0, ("name", "dim", "pathology-pretrained", "description"))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
+        return 0
+    if args.slides is None or args.out is None:
+        raise MosareError("extract needs --slides and --out (or --list-encoders)")
+    if args.workers < 0:
+        raise MosareError("--workers must be >= 0")
+    from mosare.preprocess.encoders import get_encoder
+    from mosare.preprocess.extract import run_extract
+
+    spec = get_encoder(args.encoder)
+    if not spec.pathology_pretrained:
+        print(f"encoder {spec.name}: {spec.provenance}", file=sys.stderr)
+    report = run_extract(args.slides, args.out, args.encoder, batch_size=args.batch_size, workers=args.workers,
+                         device=args.device, mpp=args.mpp, skip_errors=args.skip_errors,
+                         encoder_weights=args.encoder_weights)
+    print(f"extract: {report.summary()}; features in {args.out}", file=sys.stderr)
+    return report.exit_code
+
+
 def cmd_demo_cohort(args: argparse.Namespace) -> int:
     from mosare.preprocess.synthetic import write_demo_cohort
 
@@ -171,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _offline_defaults()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    handler = {"experiment": cmd_experiment, "predict": cmd_predict, "demo-cohort": cmd_demo_cohort}[args.command]
+    handler = {"experiment": cmd_experiment, "predict": cmd_predict, "demo-cohort": cmd_demo_cohort,
+               "extract": cmd_extract}[args.command]
     try:
         return handler(args)
     except MosareError as err:

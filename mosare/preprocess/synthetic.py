@@ -1,4 +1,4 @@
-"""A small, deterministic synthetic cohort at feature level, for the demo and for tests.
+"""A small, deterministic synthetic cohort, for the demo and for tests.
 
 Two classes, ``A`` and ``B``, three modalities, each with a planted class signal and natural missingness:
 
@@ -10,9 +10,17 @@ Two classes, ``A`` and ``B``, three modalities, each with a planted class signal
 - ``features/<patient_id>.h5``: ``[N, 64]`` patch features (150 ≤ N ≤ 400) on a 256-px grid in level-0
   pixels; patches inside one rectangular region are shifted along a fixed random direction, in
   opposite senses for the two classes.
-- ``slides.csv``: ``patient_id, features_path`` (relative to the csv's folder).
-- ``ground_truth.json``: per patient the label, planted region bbox ``[x0, y0, x1, y1]`` (level-0 px,
-  exclusive end), planted sentence index and dropped modalities; plus the planted genes and direction.
+- ``slides/<patient_id>.tiff`` (unless ``slides=False``): a real, OpenSlide-readable H&E-like slide
+  (2048 × 2048 px at 0.5 µm/px, tiled JPEG pyramid, see :mod:`mosare.preprocess.synthetic_slide`) with
+  one grid-aligned rectangle of class-specific morphology: cohesive glands (``A``) or single-file cords
+  of dyscohesive cells (``B``). The slide is drawn independently of the feature file (its own tissue
+  layout and region); it exists so that tiling, tissue detection, feature extraction and heatmaps can be
+  run and checked on real image files.
+- ``slides.csv``: ``patient_id, features_path[, slide_path]`` (relative to the csv's folder).
+- ``ground_truth.json``: per patient the label, planted feature-region bbox ``region_bbox``
+  ``[x0, y0, x1, y1]`` (level-0 px of the feature grid, exclusive end), the slide's planted region
+  ``slide_region_bbox`` (level-0 px of the TIFF), planted sentence index and dropped modalities; plus the
+  planted genes and direction.
 
 About 10% of cases lack RNA, 10% a report and 10% a slide. A case never lacks both RNA and report, so
 every case's label appears in at least one table (and thus never all three modalities are missing).
@@ -23,6 +31,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +41,7 @@ import pandas as pd
 
 from mosare.io.atomic import atomic_write_bytes, atomic_write_text
 from mosare.io.features import write_features_h5
+from mosare.preprocess import synthetic_slide
 
 CLASSES: tuple[str, str] = ("A", "B")
 N_GENES = 200
@@ -187,12 +198,37 @@ def _csv_gz_bytes(df: pd.DataFrame, **kwargs: Any) -> bytes:
     return gzip.compress(buf.getvalue().encode("utf-8"), compresslevel=6, mtime=0)
 
 
-def write_demo_cohort(out_dir: str | Path, n_cases: int = 120, seed: int = 0) -> dict[str, Any]:
+def _write_slides(out: Path, ids: list[str], labels: np.ndarray, present: np.ndarray, seed: int) -> dict[str, list[int]]:
+    """Render and write ``slides/<pid>.tiff`` for the cases with a slide -> {pid: planted bbox}.
+
+    Each slide draws from its own random stream (``seed``, case index), so the result does not depend on
+    the order or the number of worker threads (numpy, Pillow and the JPEG codec release the GIL).
+    """
+    texture = synthetic_slide.background_texture(np.random.default_rng([seed, 0x51DE]))
+
+    def one(i: int) -> tuple[str, list[int]]:
+        rng = np.random.default_rng([seed, 0x51DE, i + 1])
+        rgb, bbox, _ = synthetic_slide.render_slide(rng, str(labels[i]), texture)
+        synthetic_slide.write_pyramid_tiff(
+            out / "slides" / f"{ids[i]}.tiff", rgb, description=f"MoSARe synthetic H&E demo slide {ids[i]}"
+        )
+        return ids[i], bbox
+
+    todo = [i for i in range(len(ids)) if present[i]]
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        return dict(pool.map(one, todo))
+
+
+def write_demo_cohort(out_dir: str | Path, n_cases: int = 120, seed: int = 0, slides: bool = True) -> dict[str, Any]:
     """Write the synthetic demo cohort into ``out_dir`` (see the module docstring for the files).
 
-    Deterministic in ``seed``: the same seed gives identical CSV bytes, feature arrays and ground truth.
+    Deterministic in ``seed``: the same seed gives identical CSV bytes, feature arrays, ground truth and
+    slide images; ``slides=False`` skips the TIFF slides (faster) and leaves everything else unchanged
+    except the ``slide_path`` column and the slide fields of the ground truth.
     Returns a summary dict with the written paths (``rna``, ``reports``, ``slides``, ``ground_truth``,
-    ``features_dir``), ``n_cases``, the per-class counts and the per-modality number of missing cases.
+    ``features_dir``, ``slides_dir`` or None), ``n_cases``, the per-class counts and the per-modality
+    number of missing cases.
     """
     if n_cases < 10:
         raise ValueError("n_cases must be at least 10")
@@ -248,14 +284,20 @@ def write_demo_cohort(out_dir: str | Path, n_cases: int = 120, seed: int = 0) ->
             continue
         rel = f"features/{pid}.h5"
         write_features_h5(out / rel, feats, coords, {**attrs, "slide_id": pid})
-        slide_rows.append({"patient_id": pid, "features_path": rel})
-    written = {out / r["features_path"] for r in slide_rows}
-    for stale in feat_dir.glob("DEMO-*.h5"):  # from an earlier run with other settings
+        row = {"patient_id": pid, "features_path": rel}
+        if slides:
+            row["slide_path"] = f"slides/{pid}.tiff"
+        slide_rows.append(row)
+    slide_dir = out / "slides"
+    slide_bboxes = _write_slides(out, ids, labels, ~dropped["wsi"], seed) if slides else {}
+    written = {out / r[k] for r in slide_rows for k in ("features_path", "slide_path") if k in r}
+    for stale in [*feat_dir.glob("DEMO-*.h5"), *slide_dir.glob("DEMO-*.tiff")]:  # from an earlier run with other settings
         if stale not in written:
             stale.unlink()
     slides_path = out / "slides.csv"
     buf = io.StringIO()
-    pd.DataFrame(slide_rows, columns=["patient_id", "features_path"]).to_csv(buf, index=False, lineterminator="\n")
+    columns = ["patient_id", "features_path"] + (["slide_path"] if slides else [])
+    pd.DataFrame(slide_rows, columns=columns).to_csv(buf, index=False, lineterminator="\n")
     atomic_write_text(slides_path, buf.getvalue())
 
     # --- ground truth
@@ -268,6 +310,7 @@ def write_demo_cohort(out_dir: str | Path, n_cases: int = 120, seed: int = 0) ->
             "region_bbox": None if dropped["wsi"][i] else regions[i],
             "region_patches": None if dropped["wsi"][i] else n_inside[i],
             "n_patches": None if dropped["wsi"][i] else n_patches[i],
+            "slide_region_bbox": slide_bboxes.get(pid),
             "planted_sentence_index": None if dropped["rpt"][i] else int(sentence_idx[i]),
         }
     truth = {
@@ -280,6 +323,17 @@ def write_demo_cohort(out_dir: str | Path, n_cases: int = 120, seed: int = 0) ->
         "wsi_signal_direction": [round(float(v), 8) for v in direction],
         "wsi_signal_sign": {"A": 1.0, "B": -1.0},
         "signal_sentences": {k: list(v) for k, v in SIGNAL_SENTENCES.items()},
+        "slide": None if not slides else {
+            "size": [synthetic_slide.SLIDE_SIZE, synthetic_slide.SLIDE_SIZE],
+            "mpp": synthetic_slide.SLIDE_MPP,
+            "downsamples": list(synthetic_slide.SLIDE_DOWNSAMPLES),
+            "tile": synthetic_slide.SLIDE_TILE,
+            "region_morphology": {
+                "A": "cohesive glands: rings of dense small round nuclei around white lumina, and solid nests",
+                "B": "single-file cords of small dyscohesive nuclei in stroma",
+            },
+            "note": "slide_region_bbox is in the TIFF's level-0 px; the slide is drawn independently of the feature file",
+        },
         "patients": patients,
     }
     truth_path = out / "ground_truth.json"
@@ -291,6 +345,7 @@ def write_demo_cohort(out_dir: str | Path, n_cases: int = 120, seed: int = 0) ->
         "reports": str(reports_path),
         "slides": str(slides_path),
         "features_dir": str(feat_dir),
+        "slides_dir": str(slide_dir) if slides else None,
         "ground_truth": str(truth_path),
         "n_cases": n_cases,
         "class_counts": {c: int((labels == c).sum()) for c in CLASSES},

@@ -1,0 +1,478 @@
+"""Patch-feature extraction: slide -> tissue tile grid -> encoder -> ``<out>/<slide>.h5`` (TRIDENT/CLAM layout).
+
+Pipeline per slide: :func:`mosare.preprocess.tissue.tile_slide` picks tissue tiles on a thumbnail; a DataLoader
+whose workers each open their own OpenSlide handle decodes raw ``uint8`` tiles; on the device the tiles are
+resized once (antialiased bilinear, straight to the encoder's input size), normalised and encoded in batches.
+Features are written atomically, so an interrupted run leaves no partial file and resumes where it stopped.
+
+Distributed runs (``torchrun``) need no process group: each rank takes ``sorted(slides)[rank::world_size]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import openslide
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mosare.errors import InputError, MosareError
+from mosare.io.features import write_features_h5
+from mosare.io.slides import Slide, open_slide
+from mosare.preprocess.encoders import Encoder, get_encoder
+from mosare.preprocess.tissue import MissingMppWarning, TileGrid, save_qc_thumbnail, tile_slide
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
+                  ".png", ".jpg", ".jpeg")
+THUMB_MAX = 2048
+SLIDE_ERRORS = (MosareError, openslide.OpenSlideError, OSError, Image.DecompressionBombError)
+"""Failures that belong to one slide (unreadable file, decode error, no tissue): reported, not a traceback."""
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+class TileDataset(Dataset):
+    """The tiles of one slide's grid, decoded in the calling process (a DataLoader worker).
+
+    Item ``i``: ``(tile, error)`` with tile ``[3, read_size, read_size]`` uint8 RGB read at ``read_level``
+    from level-0 top-left ``coords[i]`` (a channels-last view), and error ``""`` or a one-line message
+    (then the tile is zeros). Errors travel as data because DataLoader re-raises worker exceptions with
+    a multi-line traceback. Each process opens its own :class:`Slide` lazily; a handle is never pickled.
+    """
+
+    def __init__(self, slide_path: str | Path, coords: np.ndarray, read_level: int, read_size: int) -> None:
+        self.slide_path = Path(slide_path)
+        self.coords = np.asarray(coords, dtype=np.int64)
+        self.read_level = int(read_level)
+        self.read_size = int(read_size)
+        self._slide: Slide | None = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_slide"], state["_pid"] = None, -1
+        return state
+
+    def _handle(self) -> Slide:
+        if self._slide is None or self._pid != os.getpid():
+            self._slide = open_slide(self.slide_path)  # a forked copy of a parent handle is never reused
+            self._pid = os.getpid()
+        return self._slide
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        x, y = (int(v) for v in self.coords[i])
+        try:
+            rgb = self._handle().read_region(x, y, self.read_level, (self.read_size, self.read_size))
+        except SLIDE_ERRORS as err:
+            return torch.zeros(3, self.read_size, self.read_size, dtype=torch.uint8), str(err) or type(err).__name__
+        if not rgb.flags.writeable:  # torch warns on read-only arrays; the copy is tiny next to the decode
+            rgb = rgb.copy()
+        return torch.from_numpy(rgb).permute(2, 0, 1), ""
+
+    def close(self) -> None:
+        if self._slide is not None and self._pid == os.getpid():
+            self._slide.close()
+        self._slide, self._pid = None, -1
+
+
+def collate_tiles(items: Sequence[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
+    """Stack tiles into ``[B, 3, s, s]`` uint8 (channels-last memory, no transposing copy) and list the errors."""
+    tiles = [t.permute(1, 2, 0) for t, _ in items]  # back to the [s, s, 3] storage order
+    out = torch.empty((len(tiles), *tiles[0].shape), dtype=torch.uint8)
+    if torch.utils.data.get_worker_info() is not None:
+        out.share_memory_()  # written once in shared memory instead of copied there when sent to the parent
+    torch.stack(tiles, out=out)
+    return out.permute(0, 3, 1, 2), [e for _, e in items if e]
+
+
+def make_loader(dataset: TileDataset, *, batch_size: int, workers: int, device: torch.device,
+                prefetch_factor: int = 4) -> DataLoader:
+    """An in-order DataLoader over ``dataset``: ``workers`` decoding processes, pinned memory on CUDA."""
+    extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if workers > 0 else {}
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=collate_tiles, pin_memory=device.type == "cuda", **extra)
+
+
+# ----------------------------------------------------------------------------------------------- encoding
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; on CUDA ``local_rank`` (or ``$LOCAL_RANK``) picks the GPU."""
+    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
+        raise MosareError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise MosareError("--device cuda requested but no CUDA GPU is available (use --device auto or cpu)")
+    if name.startswith("cuda:"):
+        return torch.device(name)
+    if local_rank is None and os.environ.get("LOCAL_RANK", "").isdigit():
+        local_rank = int(os.environ["LOCAL_RANK"])
+    return torch.device("cuda", (local_rank or 0) % torch.cuda.device_count())
+
+
+@dataclass
+class LoadedEncoder:
+    """An encoder spec with its module built on ``device``; :meth:`encode` maps raw tiles to features."""
+
+    spec: Encoder
+    model: nn.Module
+    device: torch.device
+    compiled: bool = False
+    random_weights: bool = False
+    _scale: torch.Tensor = field(init=False, repr=False)
+    _shift: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
+        self._scale = 1.0 / (255.0 * std)  # (x / 255 - mean) / std as one multiply-add
+        self._shift = -mean / std
+
+    def preprocess(self, tiles: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, s, s]`` uint8 (any device) -> ``[B, 3, S, S]`` float32 normalised, channels-last on the device."""
+        x = tiles.to(self.device, non_blocking=True).float()
+        size = self.spec.input_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return torch.addcmul(self._shift, x, self._scale).contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def encode(self, tiles: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, s, s]`` uint8 tiles -> ``[B, dim]`` float32 features on the device."""
+        x = self.preprocess(tiles)
+        use_bf16 = self.device.type == "cuda" and self.spec.autocast
+        with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext():
+            out = self.model(x)
+        return out.float()
+
+
+def load_encoder(name: str | Encoder, device: torch.device, weights: str | Path | None = None, *,
+                 compile: bool = False, random_weights: bool = False) -> LoadedEncoder:
+    """Build encoder ``name`` on ``device`` (channels-last on CUDA), optionally ``torch.compile``d."""
+    spec = get_encoder(name) if isinstance(name, str) else name
+    model = spec.build(device, weights, random_weights=random_weights)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model = torch.compile(model)
+    return LoadedEncoder(spec, model, device, compiled=compile, random_weights=random_weights)
+
+
+def encode_tiles(loader: DataLoader, encoder: LoadedEncoder, *, name: str, progress: bool = True) -> np.ndarray:
+    """Features ``[N, dim]`` float32 of every tile of ``loader``, in order. Raises :class:`InputError` on the
+    first tile that could not be decoded."""
+    total = len(loader.dataset)  # type: ignore[arg-type]
+    batch_size = loader.batch_size or 1
+    chunks: list[torch.Tensor] = []
+    with tqdm(total=total, unit="tile", desc=name, leave=False, disable=not progress, dynamic_ncols=True) as bar:
+        for tiles, errors in loader:
+            if errors:
+                raise InputError(errors[0])
+            n = tiles.shape[0]
+            if encoder.compiled and n < batch_size:  # one static shape: no recompilation for the last batch
+                tiles = torch.cat([tiles, tiles[-1:].expand(batch_size - n, -1, -1, -1)])
+            chunks.append(encoder.encode(tiles)[:n])
+            bar.update(n)
+    return torch.cat(chunks).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------- one slide
+
+
+def slide_stem(path: Path) -> str:
+    """Output name of a slide: the file stem (a DICOM folder: the folder name)."""
+    return path.name if path.is_dir() else path.stem
+
+
+def _feature_attrs(grid: TileGrid, encoder: LoadedEncoder, slide_name: str) -> dict:
+    """TRIDENT / CLAM compatible attributes of one slide's feature file."""
+    mag = None if grid.slide_mpp is None else round(10.0 / grid.slide_mpp, 4)
+    return {
+        "encoder": encoder.spec.name,
+        "encoder_dim": encoder.spec.dim,
+        "encoder_pathology_pretrained": bool(encoder.spec.pathology_pretrained and not encoder.random_weights),
+        "encoder_provenance": encoder.spec.provenance,
+        "patch_size": int(grid.patch_size),
+        "patch_size_level0": int(grid.patch_size_level0),
+        "patch_level": int(grid.read_level),
+        "read_level": int(grid.read_level),
+        "read_size": int(grid.read_size),
+        "target_mpp": float(grid.target_mpp),
+        "target_magnification": round(10.0 / float(grid.target_mpp), 4),
+        "slide_mpp": None if grid.slide_mpp is None else float(grid.slide_mpp),
+        "mpp": None if grid.slide_mpp is None else float(grid.slide_mpp),
+        "mpp_source": str(grid.mpp_source),
+        "level0_magnification": mag,
+        "overlap": 0,
+        "name": slide_name,
+    }
+
+
+def _grid_and_qc(path: Path, *, patch_size: int, target_mpp: float, mpp_override: float | None,
+                 min_tissue: float, qc_path: Path | None) -> TileGrid:
+    """Tile grid of the slide; writes the QC thumbnail. :class:`InputError` when no tile has tissue.
+    A missing-MPP warning is logged as one line."""
+    with open_slide(path) as slide:
+        thumb = slide.thumbnail(THUMB_MAX)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MissingMppWarning)
+            grid = tile_slide(slide, patch_size=patch_size, target_mpp=target_mpp, mpp_override=mpp_override,
+                              min_tissue=min_tissue, thumb_max=THUMB_MAX, thumb_rgb=thumb)
+        for w in caught:
+            if issubclass(w.category, MissingMppWarning):
+                _log(str(w.message))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if qc_path is not None:
+        save_qc_thumbnail(grid, thumb, qc_path)
+    if len(grid.coords) == 0:
+        raise InputError(f"{path.name}: no tissue found (no {patch_size}-px tile has >= {min_tissue:.0%} tissue)")
+    return grid
+
+
+def extract_slide(path: str | Path, out_dir: str | Path, encoder: LoadedEncoder, *, batch_size: int = 64,
+                  workers: int = 2, mpp_override: float | None = None, patch_size: int = 256,
+                  target_mpp: float = 0.5, min_tissue: float = 0.25, qc_dir: str | Path | None = None,
+                  progress: bool = True, prefetch_factor: int = 4) -> Path:
+    """Extract one slide's patch features to ``<out_dir>/<stem>.h5`` (atomic) and its QC PNG to ``<qc_dir>/<stem>.png``.
+
+    Writes ``features`` [N, dim] float32 and ``coords`` [N, 2] int64 (level-0 top-left), plus attributes
+    (encoder, patch geometry, MPP). The device is ``encoder.device``. Returns the feature file's path.
+    Raises :class:`InputError` for an unreadable slide, a decode failure or a slide without tissue.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    stem = slide_stem(path)
+    qc_path = None if qc_dir is None else Path(qc_dir) / f"{stem}.png"
+    grid = _grid_and_qc(path, patch_size=patch_size, target_mpp=target_mpp, mpp_override=mpp_override,
+                        min_tissue=min_tissue, qc_path=qc_path)
+    dataset = TileDataset(path, grid.coords, grid.read_level, grid.read_size)
+    loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=encoder.device,
+                         prefetch_factor=prefetch_factor)
+    try:
+        feats = encode_tiles(loader, encoder, name=stem, progress=progress)
+    finally:
+        dataset.close()
+        del loader  # shuts persistent workers down now, not at garbage collection
+    return write_features_h5(out_dir / f"{stem}.h5", feats, grid.coords, _feature_attrs(grid, encoder, path.name))
+
+
+# ----------------------------------------------------------------------------------------------- many slides
+
+
+def _is_slide_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in SLIDE_SUFFIXES and not path.name.startswith(".")
+
+
+def _scan_folder(root: Path) -> list[Path]:
+    """Slide files under ``root`` (recursive, hidden entries skipped). The ``.dcm`` files of one folder are
+    one DICOM slide: the folder itself (or, at ``root``, its first ``.dcm`` file)."""
+    found: list[Path] = []
+    dicom_dirs: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        for fname in sorted(filenames):
+            p = here / fname
+            if not _is_slide_file(p):
+                continue
+            if p.suffix.lower() == ".dcm":
+                if here not in dicom_dirs:
+                    dicom_dirs.add(here)
+                    found.append(p if here == root else here)
+            else:
+                found.append(p)
+    return found
+
+
+def _read_csv(csv_path: Path) -> list[Path]:
+    """``slide_path`` column of a CSV; relative paths are taken from the CSV's folder."""
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or "slide_path" not in reader.fieldnames:
+                raise InputError(f"{csv_path.name}: needs a 'slide_path' column "
+                                 f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
+            rows = [(r.get("slide_path") or "").strip() for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{csv_path.name}: cannot read the slide table ({err})") from None
+    return [(csv_path.parent / Path(r).expanduser()) if not Path(r).expanduser().is_absolute() else Path(r)
+            for r in rows if r]
+
+
+def collect_slides(sources: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Sorted, de-duplicated slide paths from folders, ``slide_path`` CSVs and slide files.
+
+    Raises :class:`InputError` for a missing source, an empty result or two slides with the same output stem.
+    """
+    items = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    slides: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            slides += _scan_folder(item)
+        elif item.suffix.lower() == ".csv" and item.is_file():
+            slides += _read_csv(item)
+        elif item.exists():
+            slides.append(item)
+        else:
+            raise InputError(f"{item}: no such slide folder, CSV or file")
+    slides = sorted(dict.fromkeys(slides))
+    if not slides:
+        raise InputError(f"no slides found in {', '.join(map(str, items))} (extensions: {' '.join(SLIDE_SUFFIXES)})")
+    stems: dict[str, Path] = {}
+    for p in slides:
+        other = stems.setdefault(slide_stem(p), p)
+        if other != p:
+            raise InputError(f"two slides would write {slide_stem(p)}.h5: {other} and {p}; rename one")
+    return slides
+
+
+def shard(slides: Sequence[Path], rank: int | None = None, world_size: int | None = None) -> tuple[list[Path], int, int]:
+    """This rank's slides, ``sorted(slides)[rank::world_size]``; rank / world size default to ``$RANK`` /
+    ``$WORLD_SIZE`` (torchrun), else 0 / 1."""
+    if rank is None:
+        rank = int(os.environ.get("RANK", "0") or 0)
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise MosareError(f"invalid rank {rank} for world size {world_size}")
+    return sorted(slides)[rank::world_size], rank, world_size
+
+
+def finished_encoder(h5_path: Path) -> str | None:
+    """The encoder named in a complete feature file (``""`` if unnamed); ``None`` if absent or unreadable."""
+    if not h5_path.is_file():
+        return None
+    try:
+        with h5py.File(h5_path, "r") as f:
+            feats, coords = f.get("features"), f.get("coords")
+            if not isinstance(feats, h5py.Dataset) or not isinstance(coords, h5py.Dataset):
+                return None
+            if feats.ndim != 2 or feats.shape[0] == 0 or coords.shape != (feats.shape[0], 2):
+                return None
+            name = f.attrs.get("encoder", "")
+            return name.decode() if isinstance(name, bytes) else str(name)
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class ExtractReport:
+    """Outcome of :func:`run_extract` on this rank: written files, slides skipped as already done, failures."""
+
+    done: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def summary(self) -> str:
+        return (f"{len(self.done)} extracted, {len(self.skipped)} already done, {len(self.failed)} failed"
+                + (f" (rank {self.rank} of {self.world_size})" if self.world_size > 1 else ""))
+
+
+def _one_line(name: str, err: BaseException) -> str:
+    msg = " ".join(str(err).split()) or type(err).__name__
+    return msg if msg.startswith(name) else f"{name}: {msg}"
+
+
+def _log(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def run_extract(slides: str | Path | Sequence[str | Path], out_dir: str | Path, encoder_name: str = "handcrafted", *,
+                batch_size: int = 64, workers: int = 2, device: str = "auto", mpp: float | None = None,
+                skip_errors: bool = False, encoder_weights: str | Path | None = None, rank: int | None = None,
+                world_size: int | None = None, progress: bool = True, patch_size: int = 256,
+                target_mpp: float = 0.5, min_tissue: float = 0.25, qc_dir: str | Path | None = None,
+                compile: bool = False) -> ExtractReport:
+    """Extract features for every slide of ``slides`` (folders, ``slide_path`` CSVs, files) into ``out_dir``.
+
+    Resumable: a slide whose ``<stem>.h5`` is complete (same encoder) is skipped. QC thumbnails go to
+    ``qc_dir`` (default ``<out_dir>/qc``). A failing slide prints one line ``<name>: <message>`` to stderr and
+    the run goes on with ``skip_errors``; without it the first failure raises :class:`MosareError`.
+    """
+    if batch_size < 1 or workers < 0:
+        raise MosareError("--batch-size must be >= 1 and --workers >= 0")
+    if mpp is not None and not mpp > 0:
+        raise MosareError(f"--mpp must be positive, got {mpp}")
+    out_dir = Path(out_dir)
+    qc = Path(qc_dir) if qc_dir is not None else out_dir / "qc"
+    mine, rank, world_size = shard(collect_slides(slides), rank, world_size)
+    report = ExtractReport(rank=rank, world_size=world_size)
+    spec = get_encoder(encoder_name)
+    todo = []
+    for path in mine:
+        have = finished_encoder(out_dir / f"{slide_stem(path)}.h5")
+        if have is None:
+            todo.append(path)
+        elif have in ("", spec.name):
+            report.skipped.append(path)
+        else:
+            err = MosareError(f"{out_dir / (slide_stem(path) + '.h5')} holds {have} features, not {spec.name}; "
+                              "remove it or choose another --out")
+            _fail(report, path, err, skip_errors)
+    if not todo:
+        return report
+    dev = resolve_device(device)
+    encoder = load_encoder(spec, dev, encoder_weights, compile=compile)
+    show = progress and rank == 0
+    for path in todo:
+        start = time.perf_counter()
+        try:
+            out = extract_slide(path, out_dir, encoder, batch_size=batch_size, workers=workers, mpp_override=mpp,
+                                patch_size=patch_size, target_mpp=target_mpp, min_tissue=min_tissue, qc_dir=qc,
+                                progress=show)
+        except SLIDE_ERRORS as err:
+            _fail(report, path, err, skip_errors)
+            continue
+        report.done.append(out)
+        seconds = time.perf_counter() - start
+        n = _n_rows(out)
+        _log(f"{path.name}: {n} tiles in {seconds:.1f} s ({n / max(seconds, 1e-9):.0f} tiles/s) -> {out}")
+    return report
+
+
+def _fail(report: ExtractReport, path: Path, err: BaseException, skip_errors: bool) -> None:
+    line = _one_line(path.name, err)
+    if not skip_errors:
+        raise MosareError(line) from None
+    report.failed.append((path, line))
+    _log(line)
+
+
+def _n_rows(h5_path: Path) -> int:
+    with h5py.File(h5_path, "r") as f:
+        return int(f["features"].shape[0])
+
+
+def iter_slide_tiles(path: str | Path, grid: TileGrid, *, batch_size: int, workers: int,
+                     device: torch.device) -> Iterator[torch.Tensor]:
+    """Raw ``[B, 3, s, s]`` uint8 batches of a grid (benchmarks); raises :class:`InputError` on a decode failure."""
+    dataset = TileDataset(path, grid.coords, grid.read_level, grid.read_size)
+    for tiles, errors in make_loader(dataset, batch_size=batch_size, workers=workers, device=device):
+        if errors:
+            raise InputError(errors[0])
+        yield tiles
