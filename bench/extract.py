@@ -34,6 +34,7 @@ from mosare.io.slides import open_slide  # noqa: E402
 from mosare.preprocess.extract import (  # noqa: E402
     LoadedEncoder,
     TileDataset,
+    cpu_threads,
     encode_tiles,
     load_encoder,
     make_loader,
@@ -101,7 +102,8 @@ def end_to_end_rate(path: Path, coords: np.ndarray, grid: TileGrid, encoder: Loa
     dataset = TileDataset(path, coords, grid.read_level, grid.read_size)
     loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=encoder.device)
     start = time.perf_counter()
-    feats = encode_tiles(loader, encoder, name="end to end", progress=False)
+    with cpu_threads(encoder.device, workers):  # as run_extract does
+        feats = encode_tiles(loader, encoder, name="end to end", progress=False)
     return len(feats) / (time.perf_counter() - start)
 
 

@@ -93,10 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--skip-errors", action="store_true", help="report failing slides and go on (exit code 1)")
     x.add_argument("--list-encoders", action="store_true", help="list the encoders and exit")
 
+    ft = sub.add_parser("finetune-text", help="fine-tune the report sentence encoder on one fold's training patients")
+    ft.add_argument("--reports", type=Path, required=True, help="reports table: patient_id, label column, text")
+    ft.add_argument("--rna", type=Path, help="the experiment's RNA table, so that the folds equal the experiment's")
+    ft.add_argument("--label-column", default="oncotree_code")
+    ft.add_argument("--classes", type=_csv(str), required=True, help="e.g. IDC,ILC")
+    ft.add_argument("--out", type=Path, required=True, help="models go to <out>/fold<K>/")
+    ft.add_argument("--base-model", default=None, help="local sentence-transformers folder (default: all-MiniLM-L6-v2)")
+    ft.add_argument("--folds", type=_positive, default=5)
+    ftk = ft.add_mutually_exclusive_group()
+    ftk.add_argument("--fold", type=int, default=0, help="fold index K in 0..folds-1 (default 0)")
+    ftk.add_argument("--all-folds", action="store_true", help="one model per fold")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--epochs", type=_positive, default=1)
+    ft.add_argument("--batch-size", type=_positive, default=32, help="even, >= 4")
+    ft.add_argument("--max-sentences-per-report", type=_positive, default=64)
+    ft.add_argument("--scrub-terms", type=_csv(str), default=(), help="extra words removed from reports")
+
     d = sub.add_parser("demo-cohort", help="write the synthetic demo cohort")
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--cases", type=_positive, default=120)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-slides", action="store_true", help="skip the synthetic TIFF slides (features only; faster)")
     return p
 
 
@@ -201,10 +219,23 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def cmd_finetune_text(args: argparse.Namespace) -> int:
+    from mosare.preprocess.finetune_text import run_finetune
+
+    results = run_finetune(args.reports, args.out, classes=args.classes, label_column=args.label_column,
+                           folds=None if args.all_folds else [args.fold], n_folds=args.folds, rna=args.rna,
+                           seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+                           max_sentences_per_report=args.max_sentences_per_report, scrub_terms=args.scrub_terms,
+                           base_model=args.base_model)
+    for r in results:
+        print(r.summary())
+    return 0
+
+
 def cmd_demo_cohort(args: argparse.Namespace) -> int:
     from mosare.preprocess.synthetic import write_demo_cohort
 
-    info = write_demo_cohort(args.out, n_cases=args.cases, seed=args.seed)
+    info = write_demo_cohort(args.out, n_cases=args.cases, seed=args.seed, slides=not args.no_slides)
     print(f"demo cohort written to {args.out} ({args.cases} cases)")
     return 0 if info is not None else 0
 
@@ -214,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     handler = {"experiment": cmd_experiment, "predict": cmd_predict, "demo-cohort": cmd_demo_cohort,
-               "extract": cmd_extract}[args.command]
+               "extract": cmd_extract, "finetune-text": cmd_finetune_text}[args.command]
     try:
         return handler(args)
     except MosareError as err:

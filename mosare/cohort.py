@@ -83,6 +83,20 @@ class Cohort:
         return ", ".join(f"{k}: {v}" for k, v in pats.items())
 
 
+def select_labels(label_parts: list[pd.Series], classes: tuple[str, ...], label_column: str) -> pd.Series:
+    """One label per patient from the tables' label Series, in the order given (the first table that labels
+    a patient wins), kept only when it is one of ``classes`` (case-insensitive, mapped to the spelling in
+    ``classes``). The cohort's patients are ``sorted(result.index)``; ``mosare finetune-text`` uses the same
+    rule so that its folds equal the experiment's."""
+    labels = pd.concat(label_parts).dropna().astype(str).str.strip()
+    labels = labels[~labels.index.duplicated(keep="first")]
+    wanted = {c.upper(): c for c in classes}
+    labels = labels[labels.str.upper().isin(wanted)].map(lambda s: wanted[s.upper()])
+    if labels.empty:
+        raise InputError(f"no patient has a {label_column} in {', '.join(classes)}")
+    return labels
+
+
 def build_cohort(rna: str | Path | None, reports: str | Path | None, slides: str | Path | None, *,
                  label_column: str, classes: tuple[str, ...], scrub_terms: tuple[str, ...] = (),
                  complete_only: bool = False, embedder=None, progress: bool = True) -> Cohort:
@@ -102,12 +116,7 @@ def build_cohort(rna: str | Path | None, reports: str | Path | None, slides: str
         slide_map = read_slides_table(slides)
         if not label_parts:
             raise InputError("--slides alone has no labels: give --rna or --reports with the label column")
-    labels = pd.concat(label_parts).dropna().astype(str).str.strip()
-    labels = labels[~labels.index.duplicated(keep="first")]
-    wanted = {c.upper(): c for c in classes}
-    labels = labels[labels.str.upper().isin(wanted)].map(lambda s: wanted[s.upper()])
-    if labels.empty:
-        raise InputError(f"no patient has a {label_column} in {', '.join(classes)}")
+    labels = select_labels(label_parts, classes, label_column)
     ids = sorted(labels.index)
     has = np.stack([
         np.array([i in slide_map for i in ids]),

@@ -1,4 +1,5 @@
-"""The synthetic demo cohort: deterministic, missing as recorded, with the planted signals present."""
+"""The synthetic demo cohort: deterministic, missing as recorded, with the planted signals present,
+and real slide files that OpenSlide opens."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import re
 from pathlib import Path
 
 import numpy as np
+import openslide
 import pandas as pd
 import pytest
 
 from mosare.io.features import read_features
 from mosare.preprocess.synthetic import SIGNAL_SENTENCES, write_demo_cohort
+from mosare.preprocess.synthetic_slide import SLIDE_MPP, SLIDE_SIZE, SLIDE_TILE
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +29,25 @@ def _truth(out: Path) -> dict:
     return json.loads((out / "ground_truth.json").read_text())
 
 
+def _without_slides(truth: dict) -> dict:
+    truth = json.loads(json.dumps(truth))
+    truth.pop("slide")
+    for p in truth["patients"].values():
+        p.pop("slide_region_bbox")
+    return truth
+
+
 def test_same_seed_same_files(cohort: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = cohort
+    # the slides draw from their own random streams: without them, everything else is unchanged
     again = tmp_path / "again"
-    write_demo_cohort(again, n_cases=120, seed=0)
-    for name in ("rna.csv.gz", "reports.csv.gz", "slides.csv", "ground_truth.json"):
+    summary = write_demo_cohort(again, n_cases=120, seed=0, slides=False)
+    assert summary["slides_dir"] is None and not (again / "slides").exists()
+    for name in ("rna.csv.gz", "reports.csv.gz"):
         assert (out / name).read_bytes() == (again / name).read_bytes(), name
+    pd.testing.assert_frame_equal(pd.read_csv(out / "slides.csv").drop(columns="slide_path"), pd.read_csv(again / "slides.csv"))
+    assert _without_slides(_truth(out)) == _without_slides(_truth(again))
+    assert all(p["slide_region_bbox"] is None for p in _truth(again)["patients"].values())
     files = sorted(p.name for p in (out / "features").glob("*.h5"))
     assert files == sorted(p.name for p in (again / "features").glob("*.h5"))
     for name in files:
@@ -41,7 +57,7 @@ def test_same_seed_same_files(cohort: tuple[Path, dict], tmp_path: Path) -> None
         assert a.attrs == b.attrs
 
     other = tmp_path / "other"
-    write_demo_cohort(other, n_cases=120, seed=1)
+    write_demo_cohort(other, n_cases=120, seed=1, slides=False)
     assert gzip.decompress((out / "rna.csv.gz").read_bytes()) != gzip.decompress((other / "rna.csv.gz").read_bytes())
 
 
@@ -56,7 +72,7 @@ def test_tables_and_missingness(cohort: tuple[Path, dict]) -> None:
     assert list(rna.columns[:2]) == ["patient_id", "label"] and rna.shape[1] == 2 + 200
     assert all(re.fullmatch(r"GENE\d{4}", c) for c in rna.columns[2:])
     assert list(reports.columns) == ["patient_id", "label", "text"]
-    assert list(slides.columns) == ["patient_id", "features_path"]
+    assert list(slides.columns) == ["patient_id", "features_path", "slide_path"]
 
     present = {"rna": set(rna.patient_id), "rpt": set(reports.patient_id), "wsi": set(slides.patient_id)}
     for pid, info in patients.items():
@@ -72,8 +88,9 @@ def test_tables_and_missingness(cohort: tuple[Path, dict]) -> None:
     assert set(labels) == {"A", "B"} and 0.35 <= (labels == "B").mean() <= 0.65
     for table in (rna, reports):
         assert (table.set_index("patient_id").label == labels[table.patient_id].values).all()
-    for rel in slides.features_path:
+    for rel in [*slides.features_path, *slides.slide_path]:
         assert not Path(rel).is_absolute() and (out / rel).is_file()
+    assert sorted(p.name for p in (out / "slides").iterdir()) == sorted(Path(r).name for r in slides.slide_path)
 
 
 def test_rna_signal(cohort: tuple[Path, dict]) -> None:
@@ -129,3 +146,74 @@ def test_slide_signal(cohort: tuple[Path, dict]) -> None:
     gap_outside = np.mean(outside_proj["A"]) - np.mean(outside_proj["B"])
     assert gap_inside > 2.0
     assert abs(gap_outside) < 0.5
+
+
+def test_small_cohort_fully_deterministic(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_demo_cohort(a, n_cases=10, seed=3)
+    write_demo_cohort(b, n_cases=10, seed=3)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.suffix != ".h5")
+    assert sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.suffix != ".h5") == files
+    assert sum(f.suffix == ".tiff" for f in files) == 9
+    for f in files:  # TIFF bytes included
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    # a rerun with other settings leaves no stale slides behind
+    write_demo_cohort(a, n_cases=10, seed=3, slides=False)
+    assert not list((a / "slides").glob("*.tiff"))
+
+
+def _dark_white(rgb: np.ndarray) -> tuple[float, float]:
+    """Fractions of nucleus-dark pixels and of lumen-white pixels."""
+    rgb = rgb.astype(np.int32)
+    return float((rgb.sum(-1) < 420).mean()), float((rgb.min(-1) > 225).mean())
+
+
+def test_slides_open_in_openslide(cohort: tuple[Path, dict]) -> None:
+    out, _ = cohort
+    truth = _truth(out)
+    assert truth["slide"]["mpp"] == SLIDE_MPP and truth["slide"]["size"] == [SLIDE_SIZE, SLIDE_SIZE]
+    slides = pd.read_csv(out / "slides.csv")
+    stats: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
+    background: list[float] = []
+    for n, row in enumerate(slides.itertuples()):
+        info = truth["patients"][row.patient_id]
+        path = out / row.slide_path
+        assert openslide.OpenSlide.detect_format(str(path)) == "generic-tiff"
+        with openslide.OpenSlide(str(path)) as s:
+            assert s.level_count >= 2
+            assert s.dimensions == (SLIDE_SIZE, SLIDE_SIZE)
+            assert [round(d) for d in s.level_downsamples] == [1, 2, 4, 8]
+            assert float(s.properties["openslide.mpp-x"]) == pytest.approx(0.5)
+            assert float(s.properties["openslide.mpp-y"]) == pytest.approx(0.5)
+            assert s.properties["openslide.level[0].tile-width"] == str(SLIDE_TILE)
+
+            # tissue on white glass: corners white, a sane tissue fraction, the region on tissue
+            thumb = np.asarray(s.read_region((0, 0), 3, s.level_dimensions[3]).convert("RGB")).astype(np.int32)
+            tissue = thumb.min(-1) < 225
+            assert 0.2 < tissue.mean() < 0.75, row.patient_id
+            assert not tissue[:8, :8].any() and not tissue[-8:, -8:].any()
+            x0, y0, x1, y1 = info["slide_region_bbox"]
+            assert all(v % SLIDE_TILE == 0 for v in (x0, y0, x1, y1))
+            assert 512 <= x1 - x0 <= 768 and 512 <= y1 - y0 <= 768 and x1 <= SLIDE_SIZE and y1 <= SLIDE_SIZE
+            assert thumb[y0 // 8 : y1 // 8, x0 // 8 : x1 // 8].min(-1).mean() < 235  # stained, not glass
+
+            region = np.asarray(s.read_region((x0, y0), 1, ((x1 - x0) // 2, (y1 - y0) // 2)).convert("RGB"))
+            stats[info["label"]].append(_dark_white(region))
+            if n < 30:  # ordinary tissue away from the region, for the background statistics
+                ys, xs = np.nonzero(tissue)
+                near = (xs * 8 >= x0 - 256) & (xs * 8 < x1 + 256) & (ys * 8 >= y0 - 256) & (ys * 8 < y1 + 256)
+                far = np.flatnonzero(~near & (xs > 32) & (ys > 32) & (xs < 224) & (ys < 224))
+                if not len(far):
+                    continue
+                k = far[len(far) // 2]
+                cx, cy = int(xs[k] * 8), int(ys[k] * 8)
+                patch = np.asarray(s.read_region((cx - 256, cy - 256), 1, (256, 256)).convert("RGB"))
+                if (patch.min(-1) < 225).mean() > 0.9:
+                    background.append(_dark_white(patch)[0])
+    dark = {c: np.array([d for d, _ in v]) for c, v in stats.items()}
+    white = {c: np.array([w for _, w in v]) for c, v in stats.items()}
+    # class A: dense nuclei in glands with white lumina; class B: sparse single-file nuclei, no lumina
+    assert dark["A"].min() > dark["B"].max()
+    assert white["A"].min() > 0.03 > white["B"].max()
+    # both planted morphologies carry more nuclei than the ordinary stroma
+    assert len(background) >= 10 and dark["B"].mean() > 2 * np.median(background)

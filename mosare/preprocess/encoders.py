@@ -147,7 +147,11 @@ def load_state_dict_file(model: nn.Module, path: Path, name: str) -> None:
     if not isinstance(state, dict):
         raise InputError(f"encoder {name}: {path} holds no state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches raise even when not strict
+        first = " ".join(str(err).split("\n", 1)[-1].split())[:300]
+        raise InputError(f"encoder {name}: {path} does not match the architecture ({first})") from None
     if missing or unexpected:
         raise InputError(f"encoder {name}: {path} does not match the architecture "
                          f"({len(missing)} missing keys, e.g. {missing[:2]}; {len(unexpected)} unexpected, "
@@ -172,7 +176,7 @@ def _hf_token() -> str | None:
 
 def _hub_unavailable(timeout: float = 1.0) -> str | None:
     """Why the hub cannot be reached (``None`` when it can). Bounded by ``timeout`` even if DNS hangs."""
-    if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
+    if _env_true("HF_HUB_OFFLINE"):
         return "HF_HUB_OFFLINE is set"
     result: list[str | None] = ["no network (huggingface.co:443 unreachable)"]
 

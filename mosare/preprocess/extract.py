@@ -177,13 +177,31 @@ def load_encoder(name: str | Encoder, device: torch.device, weights: str | Path 
     return LoadedEncoder(spec, model, device, compiled=compile, random_weights=random_weights)
 
 
+@contextlib.contextmanager
+def cpu_threads(device: torch.device, workers: int) -> Iterator[None]:
+    """On CPU, leave one core per decoding worker: torch threads = cores - workers (at least 1), restored after.
+    Oversubscribed intra-op threads wait on descheduled peers and halve the end-to-end rate."""
+    if device.type != "cpu" or workers <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, min(before, cores - workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def encode_tiles(loader: DataLoader, encoder: LoadedEncoder, *, name: str, progress: bool = True) -> np.ndarray:
     """Features ``[N, dim]`` float32 of every tile of ``loader``, in order. Raises :class:`InputError` on the
     first tile that could not be decoded."""
     total = len(loader.dataset)  # type: ignore[arg-type]
     batch_size = loader.batch_size or 1
     chunks: list[torch.Tensor] = []
-    with tqdm(total=total, unit="tile", desc=name, leave=False, disable=not progress, dynamic_ncols=True) as bar:
+    # disable=None: a bar only on a terminal, so logs redirected to files stay clean
+    with tqdm(total=total, unit="tile", desc=name, leave=False, disable=None if progress else True,
+              dynamic_ncols=True) as bar:
         for tiles, errors in loader:
             if errors:
                 raise InputError(errors[0])
@@ -345,7 +363,8 @@ def collect_slides(sources: str | Path | Sequence[str | Path]) -> list[Path]:
     return slides
 
 
-def shard(slides: Sequence[Path], rank: int | None = None, world_size: int | None = None) -> tuple[list[Path], int, int]:
+def shard(slides: Sequence[Path], rank: int | None = None,
+          world_size: int | None = None) -> tuple[list[Path], int, int]:
     """This rank's slides, ``sorted(slides)[rank::world_size]``; rank / world size default to ``$RANK`` /
     ``$WORLD_SIZE`` (torchrun), else 0 / 1."""
     if rank is None:
@@ -423,7 +442,7 @@ def run_extract(slides: str | Path | Sequence[str | Path], out_dir: str | Path, 
     mine, rank, world_size = shard(collect_slides(slides), rank, world_size)
     report = ExtractReport(rank=rank, world_size=world_size)
     spec = get_encoder(encoder_name)
-    todo = []
+    todo: list[Path] = []
     for path in mine:
         have = finished_encoder(out_dir / f"{slide_stem(path)}.h5")
         if have is None:
@@ -439,12 +458,20 @@ def run_extract(slides: str | Path | Sequence[str | Path], out_dir: str | Path, 
     dev = resolve_device(device)
     encoder = load_encoder(spec, dev, encoder_weights, compile=compile)
     show = progress and rank == 0
+    with cpu_threads(dev, workers):
+        _extract_all(todo, out_dir, encoder, report, skip_errors=skip_errors, batch_size=batch_size,
+                     workers=workers, mpp_override=mpp, patch_size=patch_size, target_mpp=target_mpp,
+                     min_tissue=min_tissue, qc_dir=qc, progress=show)
+    return report
+
+
+def _extract_all(todo: list[Path], out_dir: Path, encoder: LoadedEncoder, report: ExtractReport, *,
+                 skip_errors: bool, **kwargs) -> None:
+    """Extract each slide of ``todo`` in turn, recording results and failures in ``report``."""
     for path in todo:
         start = time.perf_counter()
         try:
-            out = extract_slide(path, out_dir, encoder, batch_size=batch_size, workers=workers, mpp_override=mpp,
-                                patch_size=patch_size, target_mpp=target_mpp, min_tissue=min_tissue, qc_dir=qc,
-                                progress=show)
+            out = extract_slide(path, out_dir, encoder, **kwargs)
         except SLIDE_ERRORS as err:
             _fail(report, path, err, skip_errors)
             continue
@@ -452,7 +479,6 @@ def run_extract(slides: str | Path | Sequence[str | Path], out_dir: str | Path, 
         seconds = time.perf_counter() - start
         n = _n_rows(out)
         _log(f"{path.name}: {n} tiles in {seconds:.1f} s ({n / max(seconds, 1e-9):.0f} tiles/s) -> {out}")
-    return report
 
 
 def _fail(report: ExtractReport, path: Path, err: BaseException, skip_errors: bool) -> None:
@@ -467,12 +493,3 @@ def _n_rows(h5_path: Path) -> int:
     with h5py.File(h5_path, "r") as f:
         return int(f["features"].shape[0])
 
-
-def iter_slide_tiles(path: str | Path, grid: TileGrid, *, batch_size: int, workers: int,
-                     device: torch.device) -> Iterator[torch.Tensor]:
-    """Raw ``[B, 3, s, s]`` uint8 batches of a grid (benchmarks); raises :class:`InputError` on a decode failure."""
-    dataset = TileDataset(path, grid.coords, grid.read_level, grid.read_size)
-    for tiles, errors in make_loader(dataset, batch_size=batch_size, workers=workers, device=device):
-        if errors:
-            raise InputError(errors[0])
-        yield tiles

@@ -501,7 +501,7 @@ def split_sentences(text: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 
 _CACHE_VERSION = "1"  # bump when splitting or chunking changes: old cache entries are then ignored
-_SKIP_FILES = {"README.md", ".gitattributes"}
+_SKIP_FILES = {"README.md", ".gitattributes", "mosare-finetune.json"}  # docs and metadata, not the model
 
 
 @dataclass

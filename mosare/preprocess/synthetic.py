@@ -28,6 +28,7 @@ every case's label appears in at least one table (and thus never all three modal
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
@@ -198,13 +199,21 @@ def _csv_gz_bytes(df: pd.DataFrame, **kwargs: Any) -> bytes:
     return gzip.compress(buf.getvalue().encode("utf-8"), compresslevel=6, mtime=0)
 
 
+@functools.lru_cache(maxsize=2)
+def _texture(seed: int) -> np.ndarray:
+    """The cohort's background stroma texture (read-only; cached: it takes about two seconds)."""
+    tex = synthetic_slide.background_texture(np.random.default_rng([seed, 0x51DE]))
+    tex.setflags(write=False)
+    return tex
+
+
 def _write_slides(out: Path, ids: list[str], labels: np.ndarray, present: np.ndarray, seed: int) -> dict[str, list[int]]:
     """Render and write ``slides/<pid>.tiff`` for the cases with a slide -> {pid: planted bbox}.
 
     Each slide draws from its own random stream (``seed``, case index), so the result does not depend on
     the order or the number of worker threads (numpy, Pillow and the JPEG codec release the GIL).
     """
-    texture = synthetic_slide.background_texture(np.random.default_rng([seed, 0x51DE]))
+    texture = _texture(seed)
 
     def one(i: int) -> tuple[str, list[int]]:
         rng = np.random.default_rng([seed, 0x51DE, i + 1])

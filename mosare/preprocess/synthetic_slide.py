@@ -44,7 +44,7 @@ _Q = 100.0  # uint8 quantisation: value = OD × 100 (OD 0 … 2.55)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
-    """Smooth random field in [0, 1] of ``shape``: uniform noise on a ``cells × cells`` grid, bilinear-upsampled."""
+    """Smooth random field in [0, 1] of ``shape``: uniform noise on a ``cells × cells`` grid, bicubic-upsampled."""
     lo = (rng.random((cells, cells)) * 255).astype(np.uint8)
     img = Image.fromarray(lo, mode="L").resize((shape[1], shape[0]), Image.BICUBIC)
     return np.asarray(img, dtype=np.float32) / 255.0
@@ -213,13 +213,13 @@ def _single_files(rng: np.random.Generator, h: np.ndarray, e: np.ndarray) -> Non
     """Class B, in place: single-file cords of small dyscohesive nuclei in denser (desmoplastic) stroma."""
     hh, ww = h.shape
     main = rng.uniform(0, np.pi)
-    n_lines = int(hh * ww / (60 * 260))
+    n_lines = int(hh * ww / (45 * 230))
     ys, xs, rads, vals = [], [], [], []
     for _ in range(n_lines):
         y, x = rng.uniform(0, hh), rng.uniform(0, ww)
         ang = main + rng.normal(0, 0.3)
         length = rng.uniform(120, 420)
-        gaps = rng.uniform(13, 24, size=int(length / 13) + 1)
+        gaps = rng.uniform(12, 21, size=int(length / 12) + 1)
         t = np.cumsum(gaps)
         t = t[t < length]
         bend = rng.normal(0, 0.0015) * t**2 / 2  # gentle curvature
@@ -228,7 +228,7 @@ def _single_files(rng: np.random.Generator, h: np.ndarray, e: np.ndarray) -> Non
         ok = (py > 3) & (py < hh - 3) & (px > 3) & (px < ww - 3)
         ys.append(py[ok])
         xs.append(px[ok])
-        rads.append(rng.uniform(3.8, 4.8, int(ok.sum())))
+        rads.append(rng.uniform(4.0, 5.0, int(ok.sum())))
         vals.append(rng.uniform(1.0, 1.3, int(ok.sum())))
     cy, cx, r, v = (np.concatenate(a) for a in (ys, xs, rads, vals))
     # a thin rim of pale cytoplasm around each cell, then the nucleus
@@ -255,8 +255,8 @@ def _tissue_mask(rng: np.random.Generator, size: int) -> np.ndarray:
     bumps = np.asarray(Image.fromarray(lo, mode="L").resize((g, g), Image.BICUBIC), dtype=np.float64) / 255.0
     field = 1.0 - np.sqrt(u * u + v * v) + 0.35 * (bumps - 0.5)
     f8 = np.clip(128 + field * 400, 0, 255).astype(np.uint8)
-    quarter = np.asarray(Image.fromarray(f8, mode="L").resize((size // 4, size // 4), Image.BILINEAR)) > 128
-    return quarter.repeat(4, axis=0).repeat(4, axis=1)
+    half = np.asarray(Image.fromarray(f8, mode="L").resize((size // 2, size // 2), Image.BILINEAR)) > 128
+    return half.repeat(2, axis=0).repeat(2, axis=1)
 
 
 def _region_bbox(rng: np.random.Generator, mask: np.ndarray) -> list[int]:
