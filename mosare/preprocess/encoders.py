@@ -213,8 +213,8 @@ class HandcraftedEncoder(nn.Module):
 
     Layout: 24 colour-histogram bins (8 per RGB channel), means and standard deviations of 10 pixel maps
     (RGB, optical density RGB, haematoxylin, eosin, brightness, saturation; 20 values), white and dark
-    fractions (2), gradient-magnitude mean/std at 3 scales (6), 8 orientation bins, 3 Laplacian energies,
-    1 strong-edge fraction.
+    fractions (2) -- all on the 2x average-pooled patch -- then, at full resolution, gradient-magnitude
+    mean/std at 3 scales (6), 8 orientation bins, 3 Laplacian energies and 1 strong-edge fraction.
     """
 
     dim = 64
@@ -263,16 +263,17 @@ class HandcraftedEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().clamp(0, 1)
-        od = x.clamp_min(1 / 255).log10_().neg_()
+        small = F.avg_pool2d(x, 2) if min(x.shape[-2:]) >= 64 else x  # colour statistics need no full resolution
+        od = small.clamp_min(1 / 255).log10_().neg_()
         he = torch.einsum("sc,bchw->bshw", self.unmix, od)
-        bright = x.mean(1, keepdim=True)
-        sat = x.amax(1, keepdim=True) - x.amin(1, keepdim=True)
-        maps = torch.cat([x, od, he, bright, sat], 1).flatten(2)  # [B, 10, HW]
+        bright = small.mean(1, keepdim=True)
+        sat = small.amax(1, keepdim=True) - small.amin(1, keepdim=True)
+        maps = torch.cat([small, od, he, bright, sat], 1).flatten(2)  # [B, 10, hw]
         var, mean = torch.var_mean(maps, dim=2)
         light = (bright > 0.85).float().mean(dim=(1, 2, 3))
         dark = (bright < 0.2).float().mean(dim=(1, 2, 3))
-        return torch.cat([self._histogram(x), mean, var.sqrt(), torch.stack([light, dark], 1),
-                          self._texture(bright.squeeze(1))], 1)
+        return torch.cat([self._histogram(small), mean, var.sqrt(), torch.stack([light, dark], 1),
+                          self._texture(x.mean(1))], 1)
 
 
 # ----------------------------------------------------------------------------------------------- registry

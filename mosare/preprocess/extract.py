@@ -99,7 +99,9 @@ def collate_tiles(items: Sequence[tuple[torch.Tensor, str]]) -> tuple[torch.Tens
     out = torch.empty((len(tiles), *tiles[0].shape), dtype=torch.uint8)
     if torch.utils.data.get_worker_info() is not None:
         out.share_memory_()  # written once in shared memory instead of copied there when sent to the parent
-    torch.stack(tiles, out=out)
+    dst = out.numpy()
+    for i, tile in enumerate(tiles):  # numpy copies: torch's would wake its thread pool for each small tile
+        dst[i] = tile.numpy()
     return out.permute(0, 3, 1, 2), [e for _, e in items if e]
 
 

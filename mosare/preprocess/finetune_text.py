@@ -82,8 +82,10 @@ class FinetuneResult:
         def f(x: float | None) -> str:
             return "n/a" if x is None else f"{x:.3f}"
 
+        loss = (f"validation triplet loss {self.eval_loss[0]:.3f} -> {self.eval_loss[-1]:.3f}; "
+                if len(self.eval_loss) >= 2 else "")
         return (f"fold {self.fold}: {self.train_patients} training patients ({self.train_sentences} sentences), "
-                f"validation AUC {f(self.val_auc_before)} -> {f(self.val_auc_after)} "
+                f"{loss}validation AUC {f(self.val_auc_before)} -> {f(self.val_auc_after)} "
                 f"(logistic regression on mean sentence embeddings, {self.val_patients} validation patients), "
                 f"{self.seconds:.0f} s; model in {self.out_dir}")
 
@@ -219,10 +221,20 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _warmup(fraction: float) -> dict:
+    """Linear warm-up over ``fraction`` of the steps: ``warmup_steps`` < 1 in transformers 5, ``warmup_ratio`` in 4."""
+    import transformers
+
+    return {"warmup_steps": fraction} if int(transformers.__version__.split(".")[0]) >= 5 else {"warmup_ratio": fraction}
+
+
 def train_sentence_model(model, train_sentences: list[str], train_labels: list[int], val_sentences: list[str],
                          val_labels: list[int], *, epochs: int, batch_size: int, seed: int, progress: bool,
                          work_dir: Path) -> list[float]:
-    """Fine-tune ``model`` in place with a batch-all triplet loss; returns the evaluation losses per epoch."""
+    """Fine-tune ``model`` in place with a batch-all triplet loss.
+
+    Returns the validation-sentence losses: before training, then after each epoch (empty without a usable
+    validation set)."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     try:  # sentence-transformers 6 layout
@@ -245,7 +257,7 @@ def train_sentence_model(model, train_sentences: list[str], train_labels: list[i
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size,
         learning_rate=LEARNING_RATE,
-        warmup_steps=int(round(0.1 * epochs * steps_per_epoch)),  # 10 % linear warm-up (an int in any version)
+        **_warmup(0.1),
         batch_sampler=BatchSamplers.GROUP_BY_LABEL,
         eval_strategy="epoch" if eval_ds is not None else "no",
         save_strategy="no",
@@ -259,8 +271,10 @@ def train_sentence_model(model, train_sentences: list[str], train_labels: list[i
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                          loss=loss)
+    before = [float(trainer.evaluate()["eval_loss"])] if eval_ds is not None else []
     trainer.train()
-    return [float(r["eval_loss"]) for r in trainer.state.log_history if "eval_loss" in r]
+    return before + [float(r["eval_loss"]) for r in trainer.state.log_history
+                     if "eval_loss" in r and (r.get("epoch") or 0) > 0]
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -365,7 +379,7 @@ def finetune_fold(texts, report_labels, rna_labels, *, out_dir: str | Path, clas
             "loss": f"BatchAllTripletLoss(cosine distance, margin={TRIPLET_MARGIN}), label-grouped batches",
             "max_sentences_per_report": max_sentences_per_report,
             "scrub_terms": [t for t in scrub_terms if t],
-            "eval_loss": eval_loss,
+            "eval_loss": eval_loss,  # validation sentences: before training, then after each epoch
         }
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         _replace_dir(tmp, final)
