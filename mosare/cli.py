@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("experiment", help="cross-validated training of MoSARe and baselines under missing-modality scenarios")
     e.add_argument("--rna", type=Path, help="RNA table: patient_id, label column, one column per gene")
     e.add_argument("--reports", type=Path, help="reports table: patient_id, label column, text")
-    e.add_argument("--slides", type=Path, help="slides table: patient_id, features_path (HDF5 features)")
+    e.add_argument("--slides", type=Path, help="slides table: patient_id, features_path (HDF5 features) or slide_path")
+    e.add_argument("--features-dir", type=Path, help="features of slide_path rows: the --out folder of `mosare extract`")
     e.add_argument("--label-column", default="oncotree_code")
     e.add_argument("--classes", type=_csv(str), required=True, help="e.g. IDC,ILC")
     e.add_argument("--out", type=Path, required=True)
@@ -157,7 +158,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise MosareError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     embedder = ReportEmbedder(model_path=args.text_model, cache_dir=args.cache_dir) if args.reports else None
     cohort = build_cohort(args.rna, args.reports, args.slides, label_column=cfg.label_column, classes=cfg.classes,
-                          scrub_terms=cfg.scrub_terms, complete_only=cfg.complete_only, embedder=embedder)
+                          scrub_terms=cfg.scrub_terms, complete_only=cfg.complete_only, embedder=embedder,
+                          features_dir=args.features_dir)
     print(f"cohort: {len(cohort)} patients — {cohort.subset_summary()}", file=sys.stderr)
     start = time.perf_counter()
     run_experiment(cohort, cfg, args.out, text_model=embedder.model_id if embedder else "", workers=args.workers)

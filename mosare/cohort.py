@@ -99,7 +99,8 @@ def select_labels(label_parts: list[pd.Series], classes: tuple[str, ...], label_
 
 def build_cohort(rna: str | Path | None, reports: str | Path | None, slides: str | Path | None, *,
                  label_column: str, classes: tuple[str, ...], scrub_terms: tuple[str, ...] = (),
-                 complete_only: bool = False, embedder=None, progress: bool = True) -> Cohort:
+                 complete_only: bool = False, embedder=None, progress: bool = True,
+                 features_dir: str | Path | None = None) -> Cohort:
     """Read the tables, keep patients whose label is one of ``classes``, embed scrubbed reports."""
     if not (rna or reports or slides):
         raise InputError("give at least one of --rna, --reports, --slides")
@@ -113,7 +114,7 @@ def build_cohort(rna: str | Path | None, reports: str | Path | None, slides: str
         texts, lab = read_reports_table(reports, label_column)
         label_parts.append(lab)
     if slides:
-        slide_map = read_slides_table(slides)
+        slide_map = read_slides_table(slides, features_dir)
         if not label_parts:
             raise InputError("--slides alone has no labels: give --rna or --reports with the label column")
     labels = select_labels(label_parts, classes, label_column)

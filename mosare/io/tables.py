@@ -81,18 +81,34 @@ def read_reports_table(path: str | Path, label_column: str) -> tuple[pd.Series, 
     return df["text"].astype(str), labels
 
 
-def read_slides_table(path: str | Path) -> dict[str, list[Path]]:
-    """-> {patient_id: [feature file paths]}. Only ``features_path`` is consumed by training; a table with
-    ``slide_path`` only needs ``mosare extract`` first."""
+def read_slides_table(path: str | Path, features_dir: str | Path | None = None) -> dict[str, list[Path]]:
+    """-> {patient_id: [feature file paths]}.
+
+    A row's features come from its ``features_path``; failing that, with ``features_dir`` (the ``--out`` of
+    ``mosare extract``), from ``<features_dir>/<slide file stem>.h5`` for its ``slide_path``.
+    """
     df = read_table(path)
     _check_keys(df, path, ["patient_id"])
-    if "features_path" not in df.columns:
-        raise InputError(f"{path}: needs a features_path column (run `mosare extract` on slide_path first)")
+    if "features_path" not in df.columns and ("slide_path" not in df.columns or features_dir is None):
+        raise InputError(f"{path}: needs a features_path column, or slide_path with --features-dir "
+                         "(the output folder of `mosare extract`)")
     base = Path(path).parent
     out: dict[str, list[Path]] = {}
-    for pid, fp in zip(df["patient_id"].astype(str).str.strip(), df["features_path"]):
-        if pd.isna(fp):
-            continue
-        p = Path(str(fp))
-        out.setdefault(pid, []).append(p if p.is_absolute() else base / p)
+    for _, row in df.iterrows():
+        pid = str(row["patient_id"]).strip()
+        fp = row.get("features_path")
+        if pd.isna(fp) or not str(fp).strip():
+            sp = row.get("slide_path")
+            if features_dir is None or pd.isna(sp) or not str(sp).strip():
+                continue
+            slide = Path(str(sp))
+            slide = slide if slide.is_absolute() else base / slide
+            p = Path(features_dir) / f"{slide.name if slide.is_dir() else slide.stem}.h5"
+            if not p.is_file():
+                raise InputError(f"{p}: no features for slide {slide.name}; run `mosare extract --slides {path} "
+                                 f"--out {features_dir}` first")
+        else:
+            p = Path(str(fp))
+            p = p if p.is_absolute() else base / p
+        out.setdefault(pid, []).append(p)
     return out
