@@ -237,9 +237,9 @@ def cmd_finetune_text(args: argparse.Namespace) -> int:
 def cmd_demo_cohort(args: argparse.Namespace) -> int:
     from mosare.preprocess.synthetic import write_demo_cohort
 
-    info = write_demo_cohort(args.out, n_cases=args.cases, seed=args.seed, slides=not args.no_slides)
+    write_demo_cohort(args.out, n_cases=args.cases, seed=args.seed, slides=not args.no_slides)
     print(f"demo cohort written to {args.out} ({args.cases} cases)")
-    return 0 if info is not None else 0
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
