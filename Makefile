@@ -24,7 +24,7 @@ demo: venv
 	$(PY) -m mosare demo-cohort --out .cache/demo-cohort
 	$(PY) -m mosare experiment --rna .cache/demo-cohort/rna.csv.gz --reports .cache/demo-cohort/reports.csv.gz \
 		--slides .cache/demo-cohort/slides.csv --label-column label --classes A,B --out .cache/demo-run \
-		--folds 3 --epochs 15 --models mosare,snn,abmil,text --scenarios complete,masked-unmasked --mask-rates 0.3
+		--folds 3 --epochs 15 --workers 2 --models mosare,snn,abmil,text --scenarios complete,masked-unmasked --mask-rates 0.3
 	cat .cache/demo-run/summary.md
 
 clean:
