@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from mosare.cohort import Cohort
 from mosare.config import TrainConfig
+from mosare.errors import MosareError
 from mosare.model.base import SubtypingModel
 from mosare.train.data import FoldFeatures, make_batch
 from mosare.train.metrics import auc
@@ -25,8 +26,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from mosare.errors import MosareError
-
         raise MosareError("--device cuda requested but no CUDA GPU is available (use --device auto or cpu)")
     return torch.device(name)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 METRICS = (("auc", "AUC"), ("f1", "F1"), ("acc", "Acc"))
@@ -13,15 +12,6 @@ def _cell(values: pd.Series) -> str:
     if v.empty:
         return "NA"
     return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
-
-
-def aggregate(metrics: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, scenario, mask_rate): mean and std of each metric and the number of folds."""
-    g = metrics.groupby(["model", "scenario", "mask_rate"], sort=False)
-    out = g[[m for m, _ in METRICS]].agg(["mean", "std"])
-    out.columns = [f"{a}_{b}" for a, b in out.columns]
-    out["folds"] = g["auc"].apply(lambda s: int(s.notna().sum()))
-    return out.reset_index()
 
 
 def summarise(metrics: pd.DataFrame, not_applicable: dict[str, str] | None = None) -> str:
@@ -65,11 +55,3 @@ def summarise(metrics: pd.DataFrame, not_applicable: dict[str, str] | None = Non
                         lines.append(f"| {rate * 100:g}% | {train} | {test} | " + " | ".join(_cell(sub[c]) for c, _ in METRICS) + " |")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
-
-
-def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:
-    """A tidy mean ± std table for display (used by the dashboard)."""
-    agg = aggregate(metrics)
-    for m, _ in METRICS:
-        agg[m] = [("NA" if np.isnan(a) else f"{a:.2f} ± {0 if np.isnan(s) else s:.2f}") for a, s in zip(agg[f"{m}_mean"], agg[f"{m}_std"])]
-    return agg[["model", "scenario", "mask_rate", "auc", "f1", "acc", "folds"]]
