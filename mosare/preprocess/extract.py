@@ -16,7 +16,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,9 +195,10 @@ def cpu_threads(device: torch.device, workers: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def encode_tiles(loader: DataLoader, encoder: LoadedEncoder, *, name: str, progress: bool = True) -> np.ndarray:
+def encode_tiles(loader: DataLoader, encoder: LoadedEncoder, *, name: str, progress: bool = True,
+                 on_progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Features ``[N, dim]`` float32 of every tile of ``loader``, in order. Raises :class:`InputError` on the
-    first tile that could not be decoded."""
+    first tile that could not be decoded. ``on_progress(done, total)`` is called after every batch."""
     total = len(loader.dataset)  # type: ignore[arg-type]
     batch_size = loader.batch_size or 1
     chunks: list[torch.Tensor] = []
@@ -212,6 +213,8 @@ def encode_tiles(loader: DataLoader, encoder: LoadedEncoder, *, name: str, progr
                 tiles = torch.cat([tiles, tiles[-1:].expand(batch_size - n, -1, -1, -1)])
             chunks.append(encoder.encode(tiles)[:n])
             bar.update(n)
+            if on_progress is not None:
+                on_progress(bar.n, total)
     return torch.cat(chunks).cpu().numpy()
 
 
@@ -272,7 +275,8 @@ def _grid_and_qc(path: Path, *, patch_size: int, target_mpp: float, mpp_override
 def extract_slide(path: str | Path, out_dir: str | Path, encoder: LoadedEncoder, *, batch_size: int = 64,
                   workers: int = 2, mpp_override: float | None = None, patch_size: int = 256,
                   target_mpp: float = 0.5, min_tissue: float = 0.25, qc_dir: str | Path | None = None,
-                  progress: bool = True, prefetch_factor: int = 4) -> Path:
+                  progress: bool = True, prefetch_factor: int = 4,
+                  on_progress: Callable[[int, int], None] | None = None) -> Path:
     """Extract one slide's patch features to ``<out_dir>/<stem>.h5`` (atomic) and its QC PNG to ``<qc_dir>/<stem>.png``.
 
     Writes ``features`` [N, dim] float32 and ``coords`` [N, 2] int64 (level-0 top-left), plus attributes
@@ -288,7 +292,7 @@ def extract_slide(path: str | Path, out_dir: str | Path, encoder: LoadedEncoder,
     loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=encoder.device,
                          prefetch_factor=prefetch_factor)
     try:
-        feats = encode_tiles(loader, encoder, name=stem, progress=progress)
+        feats = encode_tiles(loader, encoder, name=stem, progress=progress, on_progress=on_progress)
     finally:
         dataset.close()
         del loader  # shuts persistent workers down now, not at garbage collection

@@ -35,6 +35,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -229,12 +230,14 @@ def _write_slides(out: Path, ids: list[str], labels: np.ndarray, present: np.nda
         return dict(pool.map(one, todo))
 
 
-def write_demo_cohort(out_dir: str | Path, n_cases: int = 120, seed: int = 0, slides: bool = True) -> dict[str, Any]:
+def write_demo_cohort(out_dir: str | Path, n_cases: int = 120, seed: int = 0, slides: bool = True,
+                      slide_ids: Collection[str] | None = None) -> dict[str, Any]:
     """Write the synthetic demo cohort into ``out_dir`` (see the module docstring for the files).
 
     Deterministic in ``seed``: the same seed gives identical CSV bytes, feature arrays, ground truth and
     slide images; ``slides=False`` skips the TIFF slides (faster) and leaves everything else unchanged
-    except the ``slide_path`` column and the slide fields of the ground truth.
+    except the ``slide_path`` column and the slide fields of the ground truth. ``slide_ids`` renders only
+    those patients' slides (each slide has its own random stream, so they are identical to a full run).
     Returns a summary dict with the written paths (``rna``, ``reports``, ``slides``, ``ground_truth``,
     ``features_dir``, ``slides_dir`` or None), ``n_cases``, the per-class counts and the per-modality
     number of missing cases.
@@ -294,11 +297,12 @@ def write_demo_cohort(out_dir: str | Path, n_cases: int = 120, seed: int = 0, sl
         rel = f"features/{pid}.h5"
         write_features_h5(out / rel, feats, coords, {**attrs, "slide_id": pid})
         row = {"patient_id": pid, "features_path": rel}
-        if slides:
+        if slides and (slide_ids is None or pid in slide_ids):
             row["slide_path"] = f"slides/{pid}.tiff"
         slide_rows.append(row)
     slide_dir = out / "slides"
-    slide_bboxes = _write_slides(out, ids, labels, ~dropped["wsi"], seed) if slides else {}
+    wanted = ~dropped["wsi"] & np.array([slide_ids is None or pid in slide_ids for pid in ids])
+    slide_bboxes = _write_slides(out, ids, labels, wanted, seed) if slides else {}
     written = {out / r[k] for r in slide_rows for k in ("features_path", "slide_path") if k in r}
     for stale in [*feat_dir.glob("DEMO-*.h5"), *slide_dir.glob("DEMO-*.tiff")]:  # from an earlier run with other settings
         if stale not in written:

@@ -247,12 +247,19 @@ def read_tile(slide: Slide, grid: TileGrid, i: int) -> np.ndarray:
     return resize_tile(region, grid.patch_size)
 
 
+QC_MAX = 1024  # longest side of a QC thumbnail, px
+
+
 def save_qc_thumbnail(grid: TileGrid, thumb_rgb: np.ndarray, path: str | Path) -> None:
     """Write a PNG of the thumbnail with the tissue mask tinted green and kept tiles outlined.
 
     thumb_rgb: [th, tw, 3] uint8 (normally the thumbnail the mask was computed on; another size
     is fine, the mask is resized to it). Written atomically.
     """
+    if max(thumb_rgb.shape[:2]) > QC_MAX:  # a QC picture needs no more; PNG encoding dominates otherwise
+        f = QC_MAX / max(thumb_rgb.shape[:2])
+        size = (max(1, round(thumb_rgb.shape[1] * f)), max(1, round(thumb_rgb.shape[0] * f)))
+        thumb_rgb = np.asarray(Image.fromarray(thumb_rgb).resize(size, Image.Resampling.BILINEAR))
     th, tw = thumb_rgb.shape[:2]
     mask = grid.mask
     if mask.shape != (th, tw):
@@ -266,5 +273,5 @@ def save_qc_thumbnail(grid: TileGrid, thumb_rgb: np.ndarray, path: str | Path) -
     for x, y in grid.coords / scale:
         draw.rectangle((x, y, x + side - 1, y + side - 1), outline=(20, 60, 220))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)
     atomic_write_bytes(path, buffer.getvalue())

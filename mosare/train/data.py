@@ -20,8 +20,10 @@ class FoldFeatures:
     """What is fitted on one training fold and applied to every patient:
 
     wsi [P, C, Dw], rpt [P, C, Dt]  local tokens (zeros where absent), from K-means prototypes of the fold;
+                                    patch features are first standardised per feature with the fold's
+                                    patch mean/std (handcrafted features mix scales; UNI's are harmless to scale)
     rna [P, G]                      expression clipped to ±RNA_CLIP and standardised with the fold's per-gene
-                                    mean/std. Prototypes and RNA statistics go into the checkpoint so inference
+                                    mean/std. Prototypes and all statistics go into the checkpoint so inference
                                     reproduces them (see :meth:`extras`).
     """
 
@@ -32,10 +34,38 @@ class FoldFeatures:
     rpt_prototypes: np.ndarray
     rna_mean: np.ndarray
     rna_std: np.ndarray
+    wsi_mean: np.ndarray | None = None  # [Dw]
+    wsi_std: np.ndarray | None = None  # [Dw]
 
     def extras(self) -> dict[str, np.ndarray]:
-        return {"wsi_prototypes": self.wsi_prototypes, "rpt_prototypes": self.rpt_prototypes,
-                "rna_mean": self.rna_mean, "rna_std": self.rna_std}
+        out = {"wsi_prototypes": self.wsi_prototypes, "rpt_prototypes": self.rpt_prototypes,
+               "rna_mean": self.rna_mean, "rna_std": self.rna_std}
+        if self.wsi_mean is not None and self.wsi_std is not None:
+            out |= {"wsi_mean": self.wsi_mean, "wsi_std": self.wsi_std}
+        return out
+
+    def wsi_bag(self, bag: np.ndarray) -> np.ndarray:
+        """Patch features [N, Dw] standardised with the fold's statistics."""
+        return standardise_wsi(bag, self.wsi_mean, self.wsi_std)
+
+
+WSI_CLIP = 10.0
+MAX_STAT_PATCHES = 200_000
+
+
+def standardise_wsi(bag: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None) -> np.ndarray:
+    """[N, Dw] → per-feature standardised, clipped to ±WSI_CLIP, float32 (unchanged without statistics)."""
+    if mean is None or std is None or not len(bag):
+        return bag.astype(np.float32, copy=False)
+    return np.clip((bag - mean) / std, -WSI_CLIP, WSI_CLIP).astype(np.float32)
+
+
+def wsi_statistics(bags: list[np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std over (at most MAX_STAT_PATCHES sampled) patches of ``bags``."""
+    rng = np.random.default_rng(seed)
+    per_bag = max(1, MAX_STAT_PATCHES // max(1, len(bags)))
+    sample = np.concatenate([b[rng.choice(len(b), per_bag, replace=False)] if len(b) > per_bag else b for b in bags])
+    return sample.mean(0).astype(np.float32), (sample.std(0) + 1e-6).astype(np.float32)
 
 
 def standardise_rna(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -68,12 +98,18 @@ def fit_fold_features(cohort: Cohort, train_idx: np.ndarray, n_local: int, seed:
     rpt_dim = cohort.rpt_dim if cohort.rpt_global.size else 0
     rpt, rpt_p = one(cohort.rpt_sentences, cohort.present[:, 2], rpt_dim) if rpt_dim else \
         (np.zeros((P, n_local, 0), np.float32), np.zeros((n_local, 0), np.float32))
+    wsi_mean = wsi_std = None
     if cohort.wsi_dim:
-        wsi, wsi_p = one([cohort.wsi_bag(i) for i in range(P)], cohort.present[:, 0], cohort.wsi_dim)
+        train_bags = [cohort.wsi_bag(i) for i in train_idx if cohort.present[i, 0]]
+        if train_bags:
+            wsi_mean, wsi_std = wsi_statistics(train_bags, seed)
+        bags = [standardise_wsi(cohort.wsi_bag(i), wsi_mean, wsi_std) for i in range(P)]
+        wsi, wsi_p = one(bags, cohort.present[:, 0], cohort.wsi_dim)
     else:
         wsi, wsi_p = np.zeros((P, n_local, 0), np.float32), np.zeros((n_local, 0), np.float32)
     return FoldFeatures(wsi=wsi, rpt=rpt, rna=rna, wsi_prototypes=wsi_p, rpt_prototypes=rpt_p,
-                        rna_mean=mean.astype(np.float32), rna_std=std.astype(np.float32))
+                        rna_mean=mean.astype(np.float32), rna_std=std.astype(np.float32),
+                        wsi_mean=wsi_mean, wsi_std=wsi_std)
 
 
 def _pad(bags: list[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +139,8 @@ def make_batch(cohort: Cohort, tokens: FoldFeatures, idx: np.ndarray, present: n
     """
     idx = np.asarray(idx)
     empty = np.zeros((0, 0), np.float32)
-    wsi_bags = [_sample(cohort.wsi_bag(int(i)), max_patches, rng) if cohort.wsi_dim else empty for i in idx]
+    wsi_bags = [tokens.wsi_bag(_sample(cohort.wsi_bag(int(i)), max_patches, rng)) if cohort.wsi_dim else empty
+                for i in idx]
     wsi_bag, wsi_mask = _pad(wsi_bags, cohort.wsi_dim)
     rpt_dim = cohort.rpt_dim if cohort.rpt_global.size else 0
     rpt_bags = [_sample(cohort.rpt_sentences[i], max_sentences, rng) if rpt_dim else empty for i in idx]
