@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: venv test test-all demo clean
+.PHONY: venv test test-all demo demo-assets demo-cli clean
 
 venv: .venv/.installed
 
@@ -20,7 +20,18 @@ test: venv
 test-all: venv
 	$(PY) -m pytest -q
 
+# The dashboard with its embedded demo (model in assets/demo, demo cases built on first launch, ~20 s).
+PORT ?= 8501
 demo: venv
+	MOSARE_CACHE=$${MOSARE_CACHE:-.cache/mosare} $(PY) -m streamlit run streamlit_app.py \
+		--server.address 127.0.0.1 --server.port $(PORT) --server.headless true
+
+# Maintainers: rebuild assets/demo (synthetic cohort -> slide features -> experiment), ~10 min on 2 cores.
+demo-assets: venv
+	$(PY) -m mosare demo-assets --work .cache/demo-build
+
+# The command-line experiment on the synthetic cohort (what `make demo` ran before the dashboard existed).
+demo-cli: venv
 	$(PY) -m mosare demo-cohort --out .cache/demo-cohort
 	$(PY) -m mosare experiment --rna .cache/demo-cohort/rna.csv.gz --reports .cache/demo-cohort/reports.csv.gz \
 		--slides .cache/demo-cohort/slides.csv --label-column label --classes A,B --out .cache/demo-run \

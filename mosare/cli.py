@@ -6,6 +6,7 @@ Errors the user can fix print one line (``mosare: error: ...``) and exit with co
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -116,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cases", type=_positive, default=120)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-slides", action="store_true", help="skip the synthetic TIFF slides (features only; faster)")
+
+    da = sub.add_parser("demo-assets", help="rebuild the dashboard's demo model and experiment under assets/demo")
+    da.add_argument("--work", type=Path, required=True, help="scratch folder (cohort, features, all checkpoints)")
+    da.add_argument("--out", type=Path, default=None, help="default: the repository's assets/demo")
+    da.add_argument("--epochs", type=_positive, default=40)
+    da.add_argument("--workers", type=_positive, default=2)
     return p
 
 
@@ -242,11 +249,19 @@ def cmd_demo_cohort(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_assets(args: argparse.Namespace) -> int:
+    from mosare.demo import ASSETS, build_demo_assets
+
+    summary = build_demo_assets(args.work, args.out or ASSETS, epochs=args.epochs, workers=args.workers)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _offline_defaults()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    handler = {"experiment": cmd_experiment, "predict": cmd_predict, "demo-cohort": cmd_demo_cohort,
+    handler = {"experiment": cmd_experiment, "predict": cmd_predict, "demo-cohort": cmd_demo_cohort, "demo-assets": cmd_demo_assets,
                "extract": cmd_extract, "finetune-text": cmd_finetune_text}[args.command]
     try:
         return handler(args)

@@ -1,0 +1,1 @@
+"""Reusable UI pieces: modality badges, the slide viewer, the report view."""

@@ -1,0 +1,49 @@
+"""About — the model card of the selected checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard import resources
+from mosare.demo import MODEL_PATH
+from mosare.errors import MosareError
+from mosare.preprocess.encoders import get_encoder
+from mosare.workbench import MODALITY_NAMES, encoder_for
+
+st.title("About / model card")
+path = Path(st.session_state.get("model_path", str(MODEL_PATH)))
+try:
+    pred = resources.predictor(str(path), resources.device())
+except MosareError as err:
+    st.error(f"Cannot load the model: {err}")
+    st.stop()
+doc = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+st.warning("**Research use only.** Not a medical device; not for diagnosis or treatment decisions. Attention maps "
+           "show where the model looked, not why: attention is not a causal explanation.")
+st.markdown(f"**Model**: `{doc.get('model')}` · **classes**: {', '.join(pred.classes)} · **modalities**: "
+            f"{', '.join(MODALITY_NAMES[m] for m in pred.cfg.modalities)} · **checkpoint**: `{path.name}`")
+if "wsi" in pred.cfg.modalities:
+    try:
+        enc = get_encoder(encoder_for(pred))
+        st.markdown(f"**Patch encoder**: `{enc.name}` ({enc.dim}-d) — {enc.provenance}")
+    except MosareError as err:
+        st.markdown(f"**Patch encoder**: unknown ({err})")
+st.markdown(f"**Report encoder**: `{doc.get('text_model') or 'all-MiniLM-L6-v2 (offline default)'}`")
+demo = doc.get("demo")
+if demo:
+    st.markdown(f"**Training data**: {demo['note']} Cohort seed {demo['seed']}, {demo['n_cases']} synthetic cases.")
+else:
+    st.markdown(f"**Training data**: fold {doc.get('fold')} of a `mosare experiment` run, scenario "
+                f"{doc.get('scenario')} at mask rate {doc.get('mask_rate')}.")
+if doc.get("test_metrics"):
+    m = doc["test_metrics"]
+    st.markdown("**Held-out test fold**: " + " · ".join(f"{k.upper()} {v:.1f}" for k, v in m.items() if isinstance(v, (int, float))))
+with st.expander("Configuration"):
+    st.json({"model": doc.get("config"), "training": doc.get("train")})
+st.markdown("**How it works**: each modality is encoded into a global vector and local tokens (GMM clusters of "
+            "patches and sentences, RNA attention heads); a sparse mixture of experts and an activation gate pick "
+            "informative local tokens; cross-modal attention aligns the modalities; a missing modality is "
+            "reconstructed from the others; a final mixture of experts gives the prediction.")

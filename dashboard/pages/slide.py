@@ -1,0 +1,18 @@
+"""Slide — attention heatmap over the tiles of the loaded case."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import state
+from dashboard.components.slide_viewer import slide_viewer
+
+st.title("Slide")
+cs = state.get()
+if cs is None or cs.analysis is None:
+    st.info("Load a case and press Run on the Case page first.")
+elif cs.view is None:
+    st.info("This case has no slide or patch features.")
+else:
+    st.caption(f"{cs.name} · prediction **{cs.analysis.prediction.label}**")
+    slide_viewer(cs.view, cs.analysis.prediction, (cs.truth or {}).get("slide_region_bbox"))

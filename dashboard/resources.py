@@ -1,0 +1,55 @@
+"""Shared, read-only resources (models, the sentence encoder), cached across sessions and bounded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from mosare.demo import MODEL_PATH
+from mosare.inference import Predictor
+from mosare.preprocess.reports import ReportEmbedder
+from mosare.train.loop import resolve_device
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def predictor(path: str, device: str) -> Predictor:
+    """A loaded checkpoint. Shared by every session: never mutated after loading (eval mode, no_grad)."""
+    return Predictor(path, device)
+
+
+@st.cache_resource(max_entries=1, show_spinner="Loading the sentence encoder…")
+def embedder() -> ReportEmbedder:
+    return ReportEmbedder()
+
+
+def device() -> str:
+    return str(resolve_device("auto"))
+
+
+def device_label() -> str:
+    if torch.cuda.is_available():
+        return f"CUDA — {torch.cuda.get_device_name(0)}"
+    return "CPU (no GPU found)"
+
+
+@st.cache_data(ttl=60, max_entries=8)
+def find_models(dirs: tuple[Path, ...]) -> dict[str, str]:
+    """Label → checkpoint path: the embedded demo model, then every MoSARe-family checkpoint under ``dirs``."""
+    found = {"Demo: MoSARe on the synthetic cohort": str(MODEL_PATH)}
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        for p in sorted(d.rglob("*.safetensors"))[:500]:
+            meta = p.with_suffix(".json")
+            if not meta.is_file():
+                continue
+            try:
+                doc = json.loads(meta.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            label = f"{doc.get('model', '?')} · {doc.get('scenario', '')} {doc.get('mask_rate', '')} · fold {doc.get('fold', '?')} · {p.parent.parent.parent.parent.name if len(p.parts) > 4 else ''}"
+            found[label.strip()] = str(p)
+    return found

@@ -1,0 +1,260 @@
+"""What the dashboard does, without the UI: turn files into a case, analyse it, and prepare the slide view.
+
+Every function here is plain Python (no Streamlit), so the CLI, notebooks and tests can use it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mosare import MODALITIES
+from mosare.errors import InputError
+from mosare.inference import Case, Prediction, Predictor
+
+MODALITY_NAMES = {"wsi": "Slide", "rna": "RNA-seq", "rpt": "Report"}
+
+
+# ----------------------------------------------------------------------------------------------- analysis
+
+
+@dataclass
+class Analysis:
+    """A prediction with the modalities ``used``, plus one re-inference without each used modality.
+
+    contributions[m] = P(predicted class | used) - P(same class | used without m): how much modality m
+    pushed the model towards its answer (negative: it pushed away).
+    """
+
+    prediction: Prediction
+    used: np.ndarray  # [3] bool in MODALITIES order
+    contributions: dict[str, float] = field(default_factory=dict)
+    without: dict[str, Prediction] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def analyse(predictor: Predictor, case: Case, use: np.ndarray | None = None) -> Analysis:
+    """Predict with the modalities in ``use`` (switched-off ones are treated as missing) and measure each
+    used modality's contribution. Raises :class:`InputError` when nothing usable remains."""
+    start = time.perf_counter()
+    want = case.present.copy() if use is None else (case.present & np.asarray(use, bool))
+    model_mods = np.array([m in predictor.cfg.modalities for m in MODALITIES])
+    if not (want & model_mods).any():
+        raise InputError("no modality left to predict from: switch at least one present modality on")
+    pred = predictor.predict(case, want)
+    k = int(pred.probs.argmax())
+    result = Analysis(prediction=pred, used=want & model_mods)
+    for i, m in enumerate(MODALITIES):
+        if not result.used[i] or result.used.sum() < 2:
+            continue
+        less = result.used.copy()
+        less[i] = False
+        other = predictor.predict(case, less)
+        result.without[m] = other
+        result.contributions[m] = float(pred.probs[k] - other.probs[k])
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- slides
+
+
+@dataclass
+class SlideView:
+    """What the heatmap is drawn on: a thumbnail and the tiles' geometry.
+
+    thumbnail [h, w, 3] uint8; downsample = level-0 px per thumbnail px; coords [N, 2] level-0 top-left of the
+    tiles in feature order; tile_size = tile side in level-0 px. ``slide_path`` is None for a feature file
+    without its slide (the thumbnail is then a blank canvas).
+    """
+
+    thumbnail: np.ndarray
+    downsample: float
+    coords: np.ndarray
+    tile_size: float
+    slide_path: Path | None = None
+    mpp: float | None = None
+
+
+def tile_size_of(attrs: dict, default: float = 256.0) -> float:
+    for key in ("patch_size_level0", "patch_size"):
+        if attrs.get(key):
+            return float(attrs[key])
+    return default
+
+
+def slide_view(coords: np.ndarray, tile_size: float, slide_path: str | Path | None = None,
+               max_size: int = 1600) -> SlideView:
+    """Thumbnail (longest side ``max_size``) of the slide, or a white canvas covering the tiles."""
+    from mosare.io.slides import open_slide
+
+    coords = np.asarray(coords)
+    if slide_path is not None:
+        with open_slide(slide_path) as slide:
+            thumb = slide.thumbnail(max_size)
+            ds = slide.dimensions[0] / thumb.shape[1]
+            return SlideView(thumb, ds, coords, tile_size, Path(slide_path), slide.mpp)
+    extent = (coords.max(0) + tile_size) if len(coords) else np.array([tile_size, tile_size])
+    ds = max(1.0, float(extent.max()) / max_size)
+    w, h = (int(np.ceil(v / ds)) for v in extent)
+    return SlideView(np.full((h, w, 3), 255, np.uint8), ds, coords, tile_size)
+
+
+def read_tile_region(view: SlideView, i: int, context: int = 1) -> np.ndarray:
+    """Tile ``i`` with ``context`` tiles of margin, at full resolution (level 0): [h, w, 3] uint8."""
+    from mosare.io.slides import open_slide
+
+    if view.slide_path is None:
+        raise InputError("no slide file for this case: only its patch features were given")
+    x, y = (int(v) for v in view.coords[i])
+    s = int(round(view.tile_size))
+    with open_slide(view.slide_path) as slide:
+        x0, y0 = max(0, x - context * s), max(0, y - context * s)
+        w = min(slide.dimensions[0] - x0, (2 * context + 1) * s)
+        h = min(slide.dimensions[1] - y0, (2 * context + 1) * s)
+        return np.array(slide.read_region(x0, y0, 0, (w, h)))
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def store_upload(data: bytes, suffix: str, cache_dir: str | Path) -> Path:
+    """Keep uploaded bytes under their content hash (never the client's file name); returns the path."""
+    digest = hashlib.sha256(data).hexdigest()
+    suffix = "".join(ch for ch in suffix.lower() if ch.isalnum() or ch == ".")[:12]
+    path = Path(cache_dir) / "uploads" / f"{digest}{suffix}"
+    if not path.is_file():
+        from mosare.io.atomic import atomic_write_bytes
+
+        atomic_write_bytes(path, data)
+    return path
+
+
+def slide_features(slide_path: str | Path, encoder: str, cache_dir: str | Path,
+                   on_progress: Callable[[int, int, float], None] | None = None) -> Path:
+    """Patch features of a slide with ``encoder``, cached under the slide's content hash.
+
+    ``on_progress(done, total, tiles_per_second)`` is called while encoding. Raises :class:`InputError` with
+    a one-line message for an unreadable slide or a slide without tissue.
+    """
+    from mosare.preprocess.extract import extract_slide, load_encoder
+    from mosare.train.loop import resolve_device
+
+    slide_path = Path(slide_path)
+    key = file_digest(slide_path)[:32] if slide_path.is_file() else hashlib.sha256(str(slide_path).encode()).hexdigest()[:32]
+    out = Path(cache_dir) / "features" / encoder / f"{key}.h5"
+    if out.is_file():
+        return out
+    enc = load_encoder(encoder, resolve_device("auto"))
+    start = time.perf_counter()
+
+    def tick(done: int, total: int) -> None:
+        if on_progress is not None:
+            on_progress(done, total, done / max(1e-9, time.perf_counter() - start))
+
+    tmp_dir = out.parent / f".tmp-{key}"
+    try:
+        made = extract_slide(slide_path, tmp_dir, enc, workers=0, batch_size=64, progress=False, on_progress=tick)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        made.replace(out)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out
+
+
+def modality_status(case: Case | None, use: np.ndarray | None, model_modalities: tuple[str, ...]) -> dict[str, str]:
+    """Per modality: "present", "missing", "switched off" or "not used by model"."""
+    out = {}
+    for i, m in enumerate(MODALITIES):
+        if m not in model_modalities:
+            out[m] = "not used by model"
+        elif case is None or not case.present[i]:
+            out[m] = "missing"
+        elif use is not None and not use[i]:
+            out[m] = "switched off"
+        else:
+            out[m] = "present"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- a case from files
+
+
+@dataclass
+class LoadedCase:
+    case: Case
+    view: SlideView | None = None
+    report_text: str | None = None
+    report_removed: list[tuple[int, int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def encoder_for(predictor: Predictor) -> str:
+    """The patch encoder a checkpoint's slide features came from: recorded in the checkpoint, else the
+    registered encoder with the model's feature size."""
+    from mosare.preprocess.encoders import list_encoders
+
+    name = predictor.meta.get("encoder")
+    if name:
+        return str(name)
+    dims = {e.dim: e.name for e in reversed(list_encoders())}
+    if predictor.cfg.wsi_dim not in dims:
+        raise InputError(f"the model expects {predictor.cfg.wsi_dim}-d patch features and no registered encoder "
+                         "makes those; upload the slide's feature .h5 instead")
+    return dims[predictor.cfg.wsi_dim]
+
+
+def load_case(predictor: Predictor, *, slide_path: str | Path | None = None, features_path: str | Path | None = None,
+              rna_path: str | Path | None = None, report_text: str | None = None, embedder=None,
+              cache_dir: str | Path, on_progress: Callable[[int, int, float], None] | None = None) -> LoadedCase:
+    """Build a case from whatever files were given. A slide without features is tiled and encoded (cached by
+    content hash); its thumbnail is kept for the heatmap. Raises :class:`InputError` naming the bad input."""
+    from mosare.io.features import read_features
+    from mosare.preprocess.reports import scrub, vocabulary_for
+
+    notes: list[str] = []
+    if slide_path is not None and features_path is None and "wsi" in predictor.cfg.modalities:
+        start = time.perf_counter()
+        features_path = slide_features(slide_path, encoder_for(predictor), cache_dir, on_progress)
+        notes.append(f"slide features ready in {time.perf_counter() - start:.1f} s")
+    if report_text is not None and not report_text.strip():
+        report_text = None
+    case = predictor.make_case(rna=rna_path, report_text=report_text, features=features_path, embedder=embedder)
+    if not case.present.any():
+        raise InputError("nothing to predict from: give a slide or its features, an RNA table or a report "
+                         f"(this model uses {', '.join(MODALITY_NAMES[m] for m in predictor.cfg.modalities)})")
+    view = None
+    if case.patches is not None and case.coords is not None:
+        attrs = read_features(features_path).attrs
+        view = slide_view(case.coords, tile_size_of(attrs), slide_path)
+    removed = scrub(report_text, vocabulary_for(predictor.classes)).removed if case.present[2] else []
+    return LoadedCase(case, view, report_text if case.present[2] else None, removed, notes)
+
+
+def read_tiles(view: SlideView, idx: np.ndarray, size: int = 256) -> list[np.ndarray]:
+    """Tiles ``idx`` read at level 0 and resized to ``size`` px: list of [size, size, 3] uint8."""
+    from PIL import Image
+
+    from mosare.io.slides import open_slide
+
+    if view.slide_path is None:
+        return []
+    s = int(round(view.tile_size))
+    out = []
+    with open_slide(view.slide_path) as slide:
+        for i in idx:
+            x, y = (int(v) for v in view.coords[int(i)])
+            rgb = slide.read_region(x, y, 0, (s, s))
+            out.append(np.asarray(Image.fromarray(rgb).resize((size, size))) if s != size else np.array(rgb))
+    return out

@@ -1,0 +1,146 @@
+"""The dashboard driven in-process with Streamlit's AppTest: every page, the demo flow, uploads, bad uploads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, require_data
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+APP = str(REPO_ROOT / "streamlit_app.py")
+TIMEOUT = 180
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    """One cache folder (demo cases, uploads, features) for the module; demo cases materialised once."""
+    mp = pytest.MonkeyPatch()
+    cache = tmp_path_factory.mktemp("mosare-cache")
+    mp.setenv("MOSARE_CACHE", str(cache))
+    mp.setenv("MOSARE_MODEL_DIRS", str(cache / "no-models"))
+    from mosare.demo import ensure_demo_cases
+
+    ensure_demo_cases(cache)
+    yield cache
+    mp.undo()
+
+
+def _app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _load_demo(at: AppTest, index: int = 0) -> AppTest:
+    box = at.selectbox(key="demo_choice")
+    box.set_value(box.options[index]).run()
+    at.button(key="load_demo").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def _run(at: AppTest) -> AppTest:
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def _probabilities(at: AppTest) -> np.ndarray:
+    df = at.dataframe[0].value
+    return df["probability"].to_numpy(float)
+
+
+def _use_box(at: AppTest, label: str):
+    return next(c for c in at.checkbox if c.label == label)
+
+
+def test_demo_case_run_and_every_page():
+    at = _load_demo(_app())
+    _run(at)
+    assert at.metric[0].label == "Prediction" and at.metric[0].value in ("A", "B")
+    probs = _probabilities(at)
+    assert probs.shape == (2,) and abs(probs.sum() - 1) < 1e-5
+    assert any("Reconstructed instead of observed" in m.value for m in at.markdown)
+
+    at.switch_page("dashboard/pages/slide.py").run()
+    assert not at.exception, at.exception
+    assert at.get("plotly_chart"), "heatmap figure missing"
+    assert len(at.image) >= 3  # colour bar + tile galleries
+    at.radio(key="hm_norm").set_value("raw").run()  # a viewer control reruns the fragment only
+    at.selectbox(key="hm_score").set_value(at.selectbox(key="hm_score").options[-1]).run()
+    assert not at.exception, at.exception
+
+    at.switch_page("dashboard/pages/report.py").run()
+    assert not at.exception, at.exception
+    html = "".join(h.proto.body for h in at.get("html"))
+    assert "mosare-sentence" in html and "mosare-top" in html
+
+    at.switch_page("dashboard/pages/rna.py").run()
+    assert not at.exception, at.exception
+    assert at.get("plotly_chart")
+
+    at.switch_page("dashboard/pages/scenarios.py").run()
+    assert not at.exception, at.exception
+    assert at.get("plotly_chart") and len(at.dataframe) >= 2
+
+    at.switch_page("dashboard/pages/about.py").run()
+    assert not at.exception, at.exception
+    assert any("Research use only" in w.value for w in at.warning)
+    assert any("not pathology-pretrained" in m.value or "handcrafted" in m.value for m in at.markdown)
+
+
+def test_switching_a_modality_off_changes_what_the_model_gets():
+    at = _run(_load_demo(_app()))
+    before = _probabilities(at)
+    assert any("none" in m.value for m in at.markdown if "Reconstructed" in m.value)
+    _use_box(at, "RNA-seq").uncheck()
+    _use_box(at, "Slide").uncheck()
+    _run(at)
+    after = _probabilities(at)
+    assert not np.allclose(before, after)
+    recon = next(m.value for m in at.markdown if "Reconstructed" in m.value)
+    assert "RNA-seq" in recon and "Slide" in recon
+    at.switch_page("dashboard/pages/slide.py").run()
+    assert any("not given to the model" in i.value for i in at.info)  # slide switched off: no heatmap
+
+
+def test_all_modalities_off_is_an_error_not_a_crash():
+    at = _run(_load_demo(_app()))
+    for label in ("Slide", "RNA-seq", "Report"):
+        _use_box(at, label).uncheck()
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert not at.exception
+    assert any("no modality left" in e.value for e in at.error)
+
+
+def test_upload_real_svs_end_to_end():
+    svs = require_data("slides/cmu-1-small-region.svs")
+    at = _app()
+    at.file_uploader[0].upload(svs.name, svs.read_bytes(), "application/octet-stream")
+    at.text_area[0].input("Invasive carcinoma with cohesive glandular structures. Margins are negative.")
+    next(b for b in at.button if b.label == "Load case").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    _run(at)
+    assert at.metric[0].value in ("A", "B")
+    at.switch_page("dashboard/pages/slide.py").run()
+    assert not at.exception, at.exception
+    assert at.get("plotly_chart")
+
+
+def test_broken_upload_shows_an_error_and_the_app_stays_usable():
+    broken = require_data("slides/broken.svs")
+    at = _app()
+    at.file_uploader[0].upload("broken.svs", broken.read_bytes())
+    next(b for b in at.button if b.label == "Load case").click().run()
+    assert not at.exception, at.exception
+    assert len(at.error) == 1 and "broken.svs" in at.error[0].value  # names the file the user gave
+    assert "\n" not in at.error[0].value and "Traceback" not in at.error[0].value
+    _run(_load_demo(at))  # the same session still works
+    assert at.metric[0].value in ("A", "B")
