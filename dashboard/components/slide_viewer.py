@@ -56,10 +56,12 @@ def slide_viewer(view: SlideView, pred: Prediction, truth_bbox: list[int] | None
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     st.plotly_chart(fig, config={"scrollZoom": True, "displaylogo": False}, key="hm_figure")
-    st.image(heatmap.colorbar_png(cmap, f"{score_name} — {heatmap.NORMALISATIONS[norm]}"), width=420)
+    short = {"percentile": "percentile rank", "raw": "raw, min–max scaled"}[norm]
+    st.image(heatmap.colorbar_png(cmap, f"{score_name.split(' (')[0]} ({short})"), width=420)
     if truth_bbox:
         st.caption("Dashed red box: where the synthetic case's class morphology was planted (ground truth).")
-    st.caption(f"{len(raw)} tiles · tile {view.tile_size:.0f} level-0 px · scroll to zoom, drag to pan.")
+    st.caption(f"{len(raw)} tiles · tile {view.tile_size:.0f} level-0 px · colours: {heatmap.NORMALISATIONS[norm]} · "
+               f"raw scores {np.nanmin(raw):.4g}–{np.nanmax(raw):.4g} · scroll to zoom, drag to pan.")
 
     k = st.slider("Tiles per gallery", 2, 16, 6, key="hm_k")
     top, bottom = heatmap.top_bottom(raw, k)

@@ -168,9 +168,9 @@ left, right = st.columns([1, 1])
 with left:
     st.metric("Prediction", p.label, help="the class with the highest probability")
     st.markdown(f"Probability of **{p.label}**: **{p.probs[k]:.1%}**")
-    probs = pd.DataFrame({"class": p.classes, "probability": p.probs.astype(float)})
-    st.dataframe(probs, hide_index=True, column_config={
-        "probability": st.column_config.ProgressColumn("probability", format="%.3f", min_value=0.0, max_value=1.0)})
+    with st.container(key="probabilities"):
+        for c, v in zip(p.classes, p.probs.astype(float)):
+            st.progress(v, text=f"P({c}) = {v:.3f}")
     if cs.truth:
         st.caption(f"Ground truth of this synthetic case: **{cs.truth['label']}**")
 with right:
@@ -182,7 +182,7 @@ with right:
                  "prediction without it": f"{a.without[m].label} ({a.without[m].probs.max():.1%})"}
                 for m, v in a.contributions.items()]
         st.markdown("**Each modality's contribution** (re-inference without it)")
-        st.dataframe(pd.DataFrame(rows), hide_index=True)
+        st.table(pd.DataFrame(rows).set_index("modality"))
     else:
         st.caption("One modality in use: no contribution to compare.")
     st.caption(f"Inference and {len(a.without)} re-inferences in {a.seconds:.2f} s on {resources.device()}.")
