@@ -50,6 +50,8 @@ def find_models(dirs: tuple[Path, ...]) -> dict[str, str]:
                 doc = json.loads(meta.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            label = f"{doc.get('model', '?')} · {doc.get('scenario', '')} {doc.get('mask_rate', '')} · fold {doc.get('fold', '?')} · {p.parent.parent.parent.parent.name if len(p.parts) > 4 else ''}"
-            found[label.strip()] = str(p)
+            run = p.parents[3].name if len(p.parents) > 3 else p.parent.name  # <run>/checkpoints/<model>/<setting>/
+            label = (f"{doc.get('model', '?')} · {doc.get('scenario', '?')} {doc.get('mask_rate', '')} · "
+                     f"fold {doc.get('fold', '?')} · {run}")
+            found[label] = str(p)
     return found

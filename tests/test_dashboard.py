@@ -144,3 +144,41 @@ def test_broken_upload_shows_an_error_and_the_app_stays_usable():
     assert "\n" not in at.error[0].value and "Traceback" not in at.error[0].value
     _run(_load_demo(at))  # the same session still works
     assert at.metric[0].value in ("A", "B")
+
+
+def test_experiment_checkpoint_from_the_sidebar_with_uploaded_features_and_rna(tmp_path, monkeypatch):
+    """Any `mosare experiment` checkpoint under MOSARE_MODEL_DIRS is offered; a case can be uploaded as a
+    feature .h5 plus a one-row RNA table."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    from mosare.demo import MODEL_PATH, ensure_demo_cases
+
+    run = tmp_path / "runs" / "my-experiment" / "checkpoints" / "mosare" / "complete-0"
+    run.mkdir(parents=True)
+    shutil.copyfile(MODEL_PATH, run / "fold0.safetensors")
+    doc = json.loads(MODEL_PATH.with_suffix(".json").read_text())
+    doc.pop("demo")
+    (run / "fold0.json").write_text(json.dumps(doc))
+    monkeypatch.setenv("MOSARE_MODEL_DIRS", str(tmp_path / "runs"))
+    case = next(c for c in ensure_demo_cases() if c.features_path and c.rna_path)
+
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    model_box = at.sidebar.selectbox(key="model_label")
+    label = next(o for o in model_box.options if "my-experiment" in o)
+    assert label.startswith("mosare · complete")
+    model_box.set_value(label).run()
+    assert not at.exception, at.exception
+    assert any("belong to the demo model" in i.value for i in at.info)
+    at.file_uploader[0].upload(f"{case.patient_id}.h5", case.features_path.read_bytes())
+    at.file_uploader[1].upload("rna.csv", pd.read_csv(case.rna_path).to_csv(index=False).encode())
+    next(b for b in at.button if b.label == "Load case").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    _run(at)
+    assert at.metric[0].value == case.label
+    recon = next(m.value for m in at.markdown if "Reconstructed" in m.value)
+    assert "Report" in recon  # no report given: the model reconstructs it
