@@ -154,3 +154,23 @@ def test_prototype_memory_moves_towards_class_features():
         mem.update(x, y)
     assert mem.means[0, :, 0].min() > 0.9 and mem.means[1, :, 1].min() > 0.9
     assert mem.loss(x, y, temperature=0.1) < mem.loss(x, 1 - y, temperature=0.1)
+
+
+@pytest.mark.parametrize("name", ["mosare-no-moe", "mosare-no-cma", "mosare-no-align", "mosare-no-recon"])
+def test_ablations_switch_their_component_off_and_round_trip(name, tmp_path):
+    from mosare.io.checkpoint import load_checkpoint, save_checkpoint
+    from mosare.model.registry import build_model
+
+    cfg = ModelConfig(hidden=16, wsi_dim=8, rna_dim=12, rpt_dim=6)
+    model = build_model(name, cfg)
+    flag = "use_" + name.removeprefix("mosare-no-")
+    assert getattr(model.cfg, flag) is False and getattr(cfg, flag) is True
+    out = model(random_batch(cfg, 3))
+    assert torch.isfinite(out.logits).all()
+    if flag == "use_moe":
+        assert "final_experts" not in out.attention
+    if flag == "use_cma":
+        assert "local_cma" not in out.attention
+    path = save_checkpoint(tmp_path / "m", model, name, cfg, meta={"classes": ["A", "B"]})
+    loaded, meta, _ = load_checkpoint(path)
+    assert type(loaded).name == name and getattr(loaded.cfg, flag) is False

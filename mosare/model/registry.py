@@ -1,8 +1,9 @@
-"""Models by name: ``mosare`` and the baselines."""
+"""Models by name: ``mosare``, its ablations (``mosare-no-<component>``) and the baselines."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from mosare.config import ModelConfig
 from mosare.errors import MosareError
@@ -10,7 +11,28 @@ from mosare.model.base import SubtypingModel
 from mosare.model.baselines import BASELINES, not_applicable_reason
 from mosare.model.mosare import MoSARe
 
-MODELS: dict[str, type[SubtypingModel]] = {"mosare": MoSARe, **BASELINES}
+
+
+def _ablation(name: str, **switches: bool) -> type[MoSARe]:
+    """MoSARe with components switched off (the paper's ablations); the flags are forced whatever the config says."""
+
+    def __init__(self: MoSARe, cfg: ModelConfig) -> None:
+        MoSARe.__init__(self, replace(cfg, **switches))
+
+    doc = f"MoSARe without {', '.join(k.removeprefix('use_') for k in switches)} (ablation)."
+    return type(name.replace("-", "_"), (MoSARe,), {"__init__": __init__, "name": name, "__doc__": doc})
+
+
+ABLATIONS: dict[str, type[MoSARe]] = {
+    cls.name: cls
+    for cls in (
+        _ablation("mosare-no-moe", use_moe=False),
+        _ablation("mosare-no-cma", use_cma=False),
+        _ablation("mosare-no-align", use_align=False),
+        _ablation("mosare-no-recon", use_recon=False),
+    )
+}
+MODELS: dict[str, type[SubtypingModel]] = {"mosare": MoSARe, **ABLATIONS, **BASELINES}
 
 
 def build_model(name: str, cfg: ModelConfig) -> SubtypingModel:
@@ -23,4 +45,4 @@ def applicability(name: str, cohort_modalities: Sequence[str]) -> str | None:
     """None when ``name`` can run on a cohort with these modalities, else the reason it cannot."""
     if name not in MODELS:
         raise MosareError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    return None if name == "mosare" else not_applicable_reason(name, cohort_modalities)
+    return None if name == "mosare" or name in ABLATIONS else not_applicable_reason(name, cohort_modalities)
