@@ -10,6 +10,7 @@ import torch
 
 from mosare.demo import MODEL_PATH
 from mosare.inference import Predictor
+from mosare.jobs import JobQueue
 from mosare.preprocess.reports import ReportEmbedder
 from mosare.train.loop import resolve_device
 
@@ -18,6 +19,12 @@ from mosare.train.loop import resolve_device
 def predictor(path: str, device: str) -> Predictor:
     """A loaded checkpoint. Shared by every session: never mutated after loading (eval mode, no_grad)."""
     return Predictor(path, device)
+
+
+@st.cache_resource
+def job_queue() -> JobQueue:
+    """The one queue every session's model and slide jobs go through (one job on the device at a time)."""
+    return JobQueue(max_pending=16)
 
 
 @st.cache_resource(max_entries=1, show_spinner="Loading the sentence encoder…")

@@ -17,6 +17,7 @@ import numpy as np
 from mosare import MODALITIES
 from mosare.errors import InputError
 from mosare.inference import Case, Prediction, Predictor
+from mosare.io.sandbox import Limits
 
 MODALITY_NAMES = {"wsi": "Slide", "rna": "RNA-seq", "rpt": "Report"}
 
@@ -121,12 +122,6 @@ def read_tile_region(view: SlideView, i: int, context: int = 1) -> np.ndarray:
         return np.array(slide.read_region(x0, y0, 0, (w, h)))
 
 
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def store_upload(data: bytes, suffix: str, cache_dir: str | Path) -> Path:
@@ -141,36 +136,85 @@ def store_upload(data: bytes, suffix: str, cache_dir: str | Path) -> Path:
     return path
 
 
-def slide_features(slide_path: str | Path, encoder: str, cache_dir: str | Path,
-                   on_progress: Callable[[int, int, float], None] | None = None) -> Path:
-    """Patch features of a slide with ``encoder``, cached under the slide's content hash.
+@dataclass(frozen=True)
+class SlideArtifacts:
+    """What decoding a slide leaves in the cache: its patch features and a thumbnail for the heatmap."""
 
-    ``on_progress(done, total, tiles_per_second)`` is called while encoding. Raises :class:`InputError` with
-    a one-line message for an unreadable slide or a slide without tissue.
-    """
+    features: Path
+    thumbnail: Path
+    downsample: float  # level-0 px per thumbnail px
+    mpp: float | None
+
+
+def _slide_key(path: Path) -> str:
+    """Uploads are stored under their content hash already; other slides (server folder) are keyed by path,
+    size and modification time — hashing a 3 GB slide would take longer than a cache hit saves."""
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+
+
+def _decode_slide(slide_path: str, encoder: str, device: str, features_out: str, thumb_out: str,
+                  thumb_max: int, *, progress: Callable[..., None]) -> dict:
+    """Runs in the isolated child: tile, encode, write features and thumbnail (atomically)."""
+    import io as _io
+
+    import torch
+    from PIL import Image
+
+    from mosare.io.atomic import atomic_write_bytes
+    from mosare.io.slides import open_slide
     from mosare.preprocess.extract import extract_slide, load_encoder
-    from mosare.train.loop import resolve_device
 
-    slide_path = Path(slide_path)
-    key = file_digest(slide_path)[:32] if slide_path.is_file() else hashlib.sha256(str(slide_path).encode()).hexdigest()[:32]
-    out = Path(cache_dir) / "features" / encoder / f"{key}.h5"
-    if out.is_file():
-        return out
-    enc = load_encoder(encoder, resolve_device("auto"))
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    enc = load_encoder(encoder, torch.device(device))
     start = time.perf_counter()
-
-    def tick(done: int, total: int) -> None:
-        if on_progress is not None:
-            on_progress(done, total, done / max(1e-9, time.perf_counter() - start))
-
-    tmp_dir = out.parent / f".tmp-{key}"
+    out = Path(features_out)
+    tmp_dir = out.parent / f".tmp-{out.stem}"
     try:
-        made = extract_slide(slide_path, tmp_dir, enc, workers=0, batch_size=64, progress=False, on_progress=tick)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        made = extract_slide(slide_path, tmp_dir, enc, workers=0, batch_size=64, progress=False,
+                             on_progress=lambda d, t: progress(d, t, d / max(1e-9, time.perf_counter() - start)))
+        with open_slide(slide_path) as slide:
+            thumb = slide.thumbnail(thumb_max)
+            downsample, mpp = slide.dimensions[0] / thumb.shape[1], slide.mpp
+        buf = _io.BytesIO()
+        Image.fromarray(thumb).save(buf, format="PNG", compress_level=1)
+        atomic_write_bytes(thumb_out, buf.getvalue())
         made.replace(out)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    return out
+    return {"downsample": float(downsample), "mpp": mpp}
+
+
+def slide_features(slide_path: str | Path, encoder: str, cache_dir: str | Path,
+                   on_progress: Callable[[int, int, float], None] | None = None, *,
+                   limits: Limits | None = None, thumb_max: int = 1600) -> SlideArtifacts:
+    """Patch features and thumbnail of a slide, decoded in an isolated child process (memory and time limits:
+    a crash in OpenSlide or libtiff kills only that job) and cached.
+
+    ``on_progress(done, total, tiles_per_second)`` is called while encoding. Raises :class:`InputError` with a
+    one-line message for an unreadable slide, a slide without tissue, a crash or a limit.
+    """
+    import json
+
+    from mosare.io.atomic import atomic_write_text
+    from mosare.io.sandbox import run_isolated
+    from mosare.train.loop import resolve_device
+
+    slide_path = Path(slide_path)
+    if not slide_path.exists():
+        raise InputError(f"slide not found: {slide_path.name}")
+    folder = Path(cache_dir) / "slides" / encoder
+    key = _slide_key(slide_path)
+    feats, thumb, meta = folder / f"{key}.h5", folder / f"{key}.png", folder / f"{key}.json"
+    if not (feats.is_file() and thumb.is_file() and meta.is_file()):
+        folder.mkdir(parents=True, exist_ok=True)
+        device = str(resolve_device("auto"))
+        limits = limits or Limits(address_space_limit=not device.startswith("cuda"))
+        info = run_isolated(_decode_slide, str(slide_path), encoder, device, str(feats), str(thumb), thumb_max,
+                            what=slide_path.name, limits=limits, on_progress=on_progress)
+        atomic_write_text(meta, json.dumps(info))
+    info = json.loads(meta.read_text(encoding="utf-8"))
+    return SlideArtifacts(feats, thumb, float(info["downsample"]), info.get("mpp"))
 
 
 def modality_status(case: Case | None, use: np.ndarray | None, model_modalities: tuple[str, ...]) -> dict[str, str]:
@@ -224,9 +268,11 @@ def load_case(predictor: Predictor, *, slide_path: str | Path | None = None, fea
     from mosare.preprocess.reports import scrub, vocabulary_for
 
     notes: list[str] = []
+    decoded = None
     if slide_path is not None and features_path is None and "wsi" in predictor.cfg.modalities:
         start = time.perf_counter()
-        features_path = slide_features(slide_path, encoder_for(predictor), cache_dir, on_progress)
+        decoded = slide_features(slide_path, encoder_for(predictor), cache_dir, on_progress)
+        features_path = decoded.features
         notes.append(f"slide features ready in {time.perf_counter() - start:.1f} s")
     if report_text is not None and not report_text.strip():
         report_text = None
@@ -236,8 +282,15 @@ def load_case(predictor: Predictor, *, slide_path: str | Path | None = None, fea
                          f"(this model uses {', '.join(MODALITY_NAMES[m] for m in predictor.cfg.modalities)})")
     view = None
     if case.patches is not None and case.coords is not None:
-        attrs = read_features(features_path).attrs
-        view = slide_view(case.coords, tile_size_of(attrs), slide_path)
+        tile = tile_size_of(read_features(features_path).attrs)
+        if decoded is not None:  # the thumbnail the isolated decoder wrote: no OpenSlide call in this process
+            from PIL import Image
+
+            with Image.open(decoded.thumbnail) as im:
+                thumb = np.asarray(im.convert("RGB"))
+            view = SlideView(thumb, decoded.downsample, case.coords, tile, Path(slide_path), decoded.mpp)
+        else:
+            view = slide_view(case.coords, tile, slide_path)
     removed = scrub(report_text, vocabulary_for(predictor.classes)).removed if case.present[2] else []
     return LoadedCase(case, view, report_text if case.present[2] else None, removed, notes)
 

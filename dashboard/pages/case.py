@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import resources, state
 from dashboard.components.badges import modality_badges
+from dashboard.components.jobs import run_queued
 from dashboard.settings import Settings
 from mosare import MODALITIES
 from mosare.demo import MODEL_PATH, ensure_demo_cases
@@ -46,15 +47,10 @@ def _load(name: str, *, slide_path=None, features_path=None, rna_path=None, repo
         return text[:400]
 
     with st.status(f"Loading {name}…", expanded=True) as status:
-        bar = st.progress(0.0, text="preparing")
-
-        def on_progress(done: int, total: int, rate: float) -> None:
-            bar.progress(done / max(1, total), text=f"encoding tiles: {done}/{total} · {rate:.0f} tiles/s")
-
         try:
-            lc = load_case(pred, slide_path=slide_path, features_path=features_path, rna_path=rna_path,
-                           report_text=report_text, embedder=resources.embedder() if report_text else None,
-                           cache_dir=settings.cache_dir, on_progress=on_progress)
+            lc = run_queued(load_case, pred, label="tiling and encoding the slide", slide_path=slide_path,
+                            features_path=features_path, rna_path=rna_path, report_text=report_text,
+                            embedder=resources.embedder() if report_text else None, cache_dir=settings.cache_dir)
         except MosareError as err:
             status.update(label="Could not load the case", state="error", expanded=True)
             st.error(message(err))
@@ -63,7 +59,6 @@ def _load(name: str, *, slide_path=None, features_path=None, rna_path=None, repo
             status.update(label="Could not load the case", state="error", expanded=True)
             st.error(f"unexpected error while reading the inputs: {type(err).__name__}: {message(err)}")
             return
-        bar.progress(1.0, text="done")
         status.update(label=f"{name} loaded", state="complete", expanded=False)
     state.put(state.CaseState(name=name, model_path=model_path, case=lc.case, view=lc.view, report_text=lc.report_text,
                               report_removed=lc.report_removed, truth=truth, use=lc.case.present.copy(), notes=lc.notes))
@@ -151,7 +146,7 @@ with st.form("run"):
 if run:
     cs.use = np.array(use, bool) & cs.case.present
     try:
-        cs.analysis = analyse(pred, cs.case, cs.use)
+        cs.analysis = resources.job_queue().run(analyse, pred, cs.case, cs.use)
     except MosareError as err:
         cs.analysis = None
         st.error(str(err))

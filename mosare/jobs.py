@@ -1,0 +1,93 @@
+"""One job at a time on the accelerator, through a bounded queue shared by every session of a server.
+
+A dashboard on a shared GPU server must not run two models at once (GPU memory) nor let a burst of requests
+pile up without bound. :class:`JobQueue` runs jobs on one worker thread in arrival order, refuses new ones
+when ``max_pending`` are waiting, and turns CUDA out-of-memory into a one-line error after freeing the memory,
+so that the next job starts clean.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import torch
+
+from mosare.errors import MosareError
+
+T = TypeVar("T")
+
+
+class BusyError(MosareError):
+    """The queue is full: the caller should try again shortly."""
+
+
+class GpuMemoryError(MosareError):
+    """A job ran out of accelerator memory; the memory was freed."""
+
+
+def free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class JobQueue:
+    """Run callables one at a time, in order; at most ``max_pending`` queued or running."""
+
+    def __init__(self, max_pending: int = 16, name: str = "mosare-jobs") -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self.max_pending = max_pending
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._lock = threading.Lock()
+        self._pending = 0
+        self.completed = 0
+
+    @property
+    def pending(self) -> int:
+        """Jobs queued or running now."""
+        with self._lock:
+            return self._pending
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        """Queue ``fn(*args, **kwargs)``. Raises :class:`BusyError` at once when the queue is full."""
+        if not self._slots.acquire(blocking=False):
+            raise BusyError(f"the server is busy ({self.max_pending} jobs waiting); try again in a moment")
+        with self._lock:
+            self._pending += 1
+        try:
+            future = self._pool.submit(self._run, fn, args, kwargs)
+        except BaseException:
+            self._release(None)
+            raise
+        future.add_done_callback(self._release)
+        return future
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Queue and wait for the result (exceptions are re-raised here)."""
+        return self.submit(fn, *args, **kwargs).result()
+
+    def _release(self, _: Future | None) -> None:
+        with self._lock:
+            self._pending -= 1
+            self.completed += 1
+        self._slots.release()
+
+    @staticmethod
+    def _run(fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except torch.cuda.OutOfMemoryError:
+            pass  # leave the except block first: its traceback keeps the job's tensors alive
+        free_accelerator_memory()
+        raise GpuMemoryError("out of GPU memory for this job: it was stopped and the memory freed; try a smaller "
+                             "input or switch to the CPU")
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
