@@ -88,6 +88,9 @@ def test_demo_case_run_and_every_page():
     at.switch_page("dashboard/pages/scenarios.py").run()
     assert not at.exception, at.exception
     assert at.get("plotly_chart") and len(at.dataframe) >= 2
+    at.multiselect(key="sc_pick").set_value(at.multiselect(key="sc_pick").options).run()  # all shipped experiments
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == 3 and len(at.dataframe) == 7  # 3 × (grid, comparison) + ablations
 
     at.switch_page("dashboard/pages/about.py").run()
     assert not at.exception, at.exception
@@ -182,3 +185,19 @@ def test_experiment_checkpoint_from_the_sidebar_with_uploaded_features_and_rna(t
     assert at.metric[0].value == case.label
     recon = next(m.value for m in at.markdown if "Reconstructed" in m.value)
     assert "Report" in recon  # no report given: the model reconstructs it
+
+
+def test_slide_from_the_server_folder(monkeypatch):
+    """Slides too big to upload are picked from MOSARE_SLIDE_ROOT (read-only, confined to that folder)."""
+    svs = require_data("slides/cmu-1-small-region.svs")
+    monkeypatch.setenv("MOSARE_SLIDE_ROOT", str(svs.parent))
+    at = _app()
+    box = next(s for s in at.selectbox if "server folder" in s.label)
+    assert all(not o.startswith(("/", "..")) for o in box.options)  # relative names only
+    box.set_value("cmu-1-small-region.svs")
+    next(b for b in at.button if b.label == "Load case").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    _run(at)
+    at.switch_page("dashboard/pages/slide.py").run()
+    assert at.get("plotly_chart") and not at.exception

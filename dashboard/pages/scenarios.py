@@ -16,7 +16,8 @@ st.title("Scenarios")
 st.caption("masked: a modality is hidden at random for a share of cases; removed: those cases are dropped; "
            "the second word is the test set (unmasked = complete test data). Mean ± std over folds; "
            "AUC from probabilities, model selection on a validation split inside each training fold.")
-known = {p.name if p.parent.name != "demo" else "synthetic demo": p for p in settings.experiment_dirs if (p / "metrics.csv").is_file()}
+SHIPPED = {"experiment": "synthetic demo", "ablations": "synthetic demo: MoSARe ablations", "tcga-brca": "TCGA-BRCA IDC vs ILC"}
+known = {SHIPPED.get(p.name, str(p)): p for p in settings.experiment_dirs if (p / "metrics.csv").is_file()}
 picked = st.multiselect("Experiment output folders", list(known), default=list(known)[:1], key="sc_pick")
 extra = st.text_input("…or another `mosare experiment` output folder on the server", key="sc_extra")
 frames = []
@@ -42,6 +43,8 @@ for name, part in metrics.groupby("experiment", sort=False):
     st.dataframe(baseline_table(part))
     ablations = sorted(m for m in part.model.unique() if m.startswith("mosare-"))
     if ablations:
-        st.markdown("**Ablations**: " + ", ".join(ablations))
+        st.markdown("**Ablations** (complete data; `mosare-no-X` = MoSARe without component X)")
+        st.dataframe(baseline_table(part[part.model.isin(["mosare", *ablations])]))
     else:
-        st.caption("No ablation runs in this experiment (model names starting with `mosare-`).")
+        st.caption("No ablation runs in this experiment (pick “synthetic demo: MoSARe ablations”, or run "
+                   "`mosare experiment --models mosare,mosare-no-moe,mosare-no-cma,mosare-no-align,mosare-no-recon`).")
