@@ -5,9 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import resources
+from dashboard.auth import require_sign_in
 from dashboard.settings import Settings
 
 st.set_page_config(page_title="MoSARe", page_icon=":material/biotech:", layout="wide")
+require_sign_in()
 
 settings = Settings.from_env()
 models = resources.find_models(settings.model_dirs)

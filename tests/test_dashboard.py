@@ -17,6 +17,9 @@ TIMEOUT = 180
 @pytest.fixture(scope="module", autouse=True)
 def _cache(tmp_path_factory):
     """One cache folder (demo cases, uploads, features) for the module; demo cases materialised once."""
+    from streamlit import config
+
+    config.set_option("client.showErrorDetails", "full")  # the server redacts errors; tests want them
     mp = pytest.MonkeyPatch()
     cache = tmp_path_factory.mktemp("mosare-cache")
     mp.setenv("MOSARE_CACHE", str(cache))
@@ -201,3 +204,14 @@ def test_slide_from_the_server_folder(monkeypatch):
     _run(at)
     at.switch_page("dashboard/pages/slide.py").run()
     assert at.get("plotly_chart") and not at.exception
+
+
+def test_sign_in_gate_when_auth_is_configured():
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32,
+                          "client_id": "id", "client_secret": "secret",
+                          "server_metadata_url": "https://accounts.example.org/.well-known/openid-configuration"}
+    at.run()
+    assert not at.exception, at.exception
+    assert [b.label for b in at.button] == ["Sign in"]
+    assert not any(t.value == "Case" for t in at.title)  # no page content before sign-in
