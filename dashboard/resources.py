@@ -51,11 +51,12 @@ def find_models(dirs: tuple[Path, ...]) -> dict[str, str]:
             continue
         for p in sorted(d.rglob("*.safetensors"))[:500]:
             meta = p.with_suffix(".json")
-            if not meta.is_file():
-                continue
             try:
                 doc = json.loads(meta.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                if not isinstance(doc, dict):
+                    raise ValueError
+            except (OSError, ValueError):  # listed anyway: choosing it shows why it cannot be loaded
+                found[f"unreadable checkpoint · {p.name} · {p.parent.name}"] = str(p)
                 continue
             run = p.parents[3].name if len(p.parents) > 3 else p.parent.name  # <run>/checkpoints/<model>/<setting>/
             label = (f"{doc.get('model', '?')} · {doc.get('scenario', '?')} {doc.get('mask_rate', '')} · "

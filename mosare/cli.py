@@ -183,11 +183,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.checkpoint, args.device)
     text = None
     if args.report:
+        from mosare.io.tables import MAX_REPORT_CHARS, decode_text
+
         try:
-            text = args.report.read_text(encoding="utf-8", errors="replace")
+            if args.report.stat().st_size > 4 * MAX_REPORT_CHARS:  # never read a huge file just to refuse it
+                raise MosareError(f"{args.report}: the report is too long ({args.report.stat().st_size:,} bytes; "
+                                  f"limit {MAX_REPORT_CHARS:,} characters)")
+            text = decode_text(args.report.read_bytes(), f"{args.report}: the report")
         except OSError as err:
             raise MosareError(f"{args.report}: cannot read ({err.strerror})") from None
     case = predictor.make_case(rna=args.rna, report_text=text, features=args.features)
+    for note in case.notes:
+        print(f"note: {note}", file=sys.stderr)
     if not case.present.any():
         raise MosareError(f"the checkpoint's model uses {', '.join(predictor.cfg.modalities)}; none of those was given")
     pred = predictor.predict(case)

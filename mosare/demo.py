@@ -123,8 +123,9 @@ def load_demo_cases(root: str | Path, ids: list[str]) -> list[DemoCase]:
         if pid in rna.index:
             rna_path = root / "case-rna" / f"{pid}.csv"
             if not rna_path.is_file():
-                rna_path.parent.mkdir(exist_ok=True)
-                rna.loc[[pid]].drop(columns=["label"]).to_csv(rna_path)
+                from mosare.io.atomic import atomic_write_text
+
+                atomic_write_text(rna_path, rna.loc[[pid]].drop(columns=["label"]).to_csv())
         text = str(reports.loc[pid, "text"]) if pid in reports.index else None
         planted = None
         if text is not None and g["planted_sentence_index"] is not None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from mosare import MODALITIES
 from mosare.errors import InputError
 from mosare.io.checkpoint import load_checkpoint
 from mosare.io.features import read_features
-from mosare.io.tables import read_table
+from mosare.io.tables import check_report_text, read_table, to_float
 from mosare.preprocess.local_tokens import gmm_local_tokens
 from mosare.types import Batch
 
@@ -36,6 +37,7 @@ class Case:
     sentences: list[str] = field(default_factory=list)
     sentence_emb: np.ndarray | None = None
     report_emb: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)  # what reading the inputs had to fix (genes averaged, missing)
 
 
 @dataclass
@@ -64,36 +66,106 @@ class Predictor:
         self.genes: list[str] = list(self.meta.get("genes", []))
 
     # ---- inputs -------------------------------------------------------------------------------------
-    def rna_vector(self, path: str | Path) -> tuple[np.ndarray, float]:
-        """One-case expression table (genes as columns, or a two-column gene/value table) aligned to the
-        checkpoint's genes; -> (vector [G], matched fraction). Below MIN_GENE_COVERAGE it refuses."""
-        df = read_table(path)
-        if df.shape[1] == 2 and df.shape[0] > 2 and not pd.api.types.is_numeric_dtype(df.iloc[:, 0]):
-            series = pd.Series(pd.to_numeric(df.iloc[:, 1], errors="coerce").to_numpy(), index=df.iloc[:, 0].astype(str))
+    def rna_vector(self, path: str | Path, notes: list[str] | None = None) -> tuple[np.ndarray, float]:
+        """One-case expression table aligned to the checkpoint's genes; -> (vector [G], found fraction).
+
+        Layouts: genes as columns (one row; id or label columns are ignored) or gene/value rows (two columns,
+        header optional). Read with the one-case caps (``MAX_CASE_TABLE_BYTES``/``_ROWS`` of
+        :mod:`mosare.io.tables`), any encoding or separator. Gene ids are cleaned as in cohort tables
+        (``_rnaseq``, ``SYMBOL|ENTREZ``, Ensembl versions) and matched exactly, else case-insensitively.
+        Duplicate genes are averaged; empty/NaN values count as missing genes; missing genes get the training
+        mean. Negative values are fine (z-scores, log ratios). Infinite or non-numeric values of model genes,
+        and a table where fewer than ``MIN_GENE_COVERAGE`` of the model's genes have a value, are refused.
+        What was averaged or missing is appended to ``notes`` (one line each).
+        """
+        from mosare.io.tables import MAX_CASE_TABLE_BYTES, MAX_CASE_TABLE_ROWS
+        from mosare.preprocess.rna import clean_gene_id
+
+        df = read_table(path, max_bytes=MAX_CASE_TABLE_BYTES, max_rows=MAX_CASE_TABLE_ROWS)
+        if df.shape[1] == 2 and len(df) >= 2 and not pd.api.types.is_numeric_dtype(df.iloc[:, 0].dtype):
+            # gene/value rows; without a header line the first pair is the header
+            names = [df.columns[0], *df.iloc[:, 0].tolist()]
+            raw = [df.columns[1], *df.iloc[:, 1].tolist()]
         else:
-            df = df.drop(columns=[c for c in ("patient_id", "oncotree_code", "label") if c in df.columns])
             if len(df) != 1:
-                raise InputError(f"{path}: expected one case (one row), found {len(df)} rows")
-            series = pd.to_numeric(df.iloc[0], errors="coerce")
-        series.index = [str(g).removesuffix("_rnaseq") for g in series.index]
-        series = series.groupby(level=0).mean()
-        matched = series.reindex(self.genes)
-        coverage = float(matched.notna().mean()) if self.genes else 0.0
+                raise InputError(f"{path}: expected one case (one row, or gene/value rows), found {len(df)} rows")
+            names, raw = list(df.columns), df.iloc[0].tolist()
+        genes, n_genes = self.genes, len(self.genes)
+        if not n_genes:
+            raise InputError("the checkpoint lists no genes: it cannot take an RNA table")
+        exact = {g: i for i, g in reversed(list(enumerate(genes)))}
+        folded = {str(g).upper(): i for i, g in reversed(list(enumerate(genes)))}
+        hits: dict[int, list[float]] = {}
+        unmatched: list[str] = []
+        for name, value in zip(names, raw):
+            g = clean_gene_id(name)
+            if g is None:
+                continue
+            i = exact.get(g, folded.get(g.upper()))
+            if i is None:
+                if len(unmatched) < 3:
+                    unmatched.append(g[:40])
+                continue
+            x = to_float(value)
+            if x is None:
+                comma = to_float(str(value).replace(",", ".", 1)) is not None
+                raise InputError(f"{path}: non-numeric value {str(value)[:40]!r} for gene {genes[i]}"
+                                 + (" (a decimal comma? write numbers with a dot)" if comma else ""))
+            hits.setdefault(i, []).append(x)
+        inf = [(i, x) for i, xs in hits.items() for x in xs if np.isinf(x)]
+        if inf:
+            raise InputError(f"{path}: {len(inf)} infinite value(s) (first: gene {genes[inf[0][0]]}); expression "
+                             "values must be finite (a log of 0 gives -inf)")
+        n_dup = sum(1 for xs in hits.values() if len(xs) > 1)
+        found = {i: float(np.nanmean(xs)) for i, xs in hits.items() if not np.isnan(xs).all()}
+        n_nan = len(hits) - len(found)
+        coverage = len(found) / n_genes
         if coverage < MIN_GENE_COVERAGE:
-            raise InputError(f"{path}: only {coverage:.0%} of the model's {len(self.genes)} genes found "
-                             f"(need {MIN_GENE_COVERAGE:.0%}); check gene identifiers")
-        values = matched.fillna(0.0).to_numpy(np.float32)
-        if not np.isfinite(values).all():
-            raise InputError(f"{path}: expression values must be finite")
+            pct = int(coverage * 100)  # floor: 49.5 % is not shown as the 50 % it fails to reach
+            detail = f"{len(found)} of {n_genes} have a value" + (f", {n_nan} more are empty or NaN" if n_nan else "")
+            ids = f"; the model's genes look like {', '.join(map(str, genes[:2]))}"
+            if not hits and unmatched:
+                ids += f", the file's like {', '.join(unmatched[:2])}"
+            raise InputError(f"{path}: only {pct} % of the model's {n_genes} genes found "
+                             f"(need {MIN_GENE_COVERAGE * 100:.0f} %): {detail}{ids}")
+        fill = self.extras.get("rna_mean")
+        values = (np.asarray(fill, np.float32).copy() if fill is not None and np.shape(fill) == (n_genes,)
+                  else np.zeros(n_genes, np.float32))
+        for i, x in found.items():
+            values[i] = x
+        said = []
+        if len(found) < n_genes:
+            said.append(f"RNA: {len(found)} of the model's {n_genes} genes found ({int(coverage * 100)} %); "
+                        "the missing ones get the training mean")
+        if n_dup:
+            said.append(f"RNA: {n_dup} gene(s) appear more than once; their values were averaged")
+        if n_nan:
+            said.append(f"RNA: {n_nan} gene(s) have an empty or NaN value and count as missing")
+        for line in said:
+            logging.getLogger(__name__).info("%s: %s", path, line)
+        if notes is not None:
+            notes.extend(said)
         return values, coverage
 
     def make_case(self, rna: str | Path | None = None, report_text: str | None = None,
                   features: str | Path | None = None, embedder=None) -> Case:
+        """Validate and embed the given inputs (every file is checked before the report is embedded). One-line
+        InputError for a bad input; a report's text never appears in an error message or a log line. Notes
+        (e.g. genes averaged or missing) go to ``case.notes``."""
         present = np.zeros(3, bool)
         case = Case(present=present)
+        notes: list[str] = []
+        if report_text is not None and "rpt" in self.cfg.modalities:
+            check_report_text(report_text)  # cheap checks first, before anything is read or embedded
         if rna is not None and "rna" in self.cfg.modalities:
-            case.rna, case.gene_coverage = self.rna_vector(rna)
+            case.rna, case.gene_coverage = self.rna_vector(rna, notes)
             present[1] = True
+        if features is not None and "wsi" in self.cfg.modalities:
+            sf = read_features(features)
+            if sf.features.shape[1] != self.cfg.wsi_dim:
+                raise InputError(f"{features}: {sf.features.shape[1]}-d patch features, model expects {self.cfg.wsi_dim}")
+            case.patches, case.coords = sf.features, sf.coords
+            present[0] = True
         if report_text is not None and "rpt" in self.cfg.modalities:
             from mosare.preprocess.reports import ReportEmbedder, scrub, vocabulary_for
 
@@ -105,12 +177,7 @@ class Predictor:
                 raise InputError(f"report embedding has {emb.global_emb.shape[0]} dims, model expects {self.cfg.rpt_dim}")
             case.sentences, case.sentence_emb, case.report_emb = emb.sentences, emb.sentence_emb, emb.global_emb
             present[2] = True
-        if features is not None and "wsi" in self.cfg.modalities:
-            sf = read_features(features)
-            if sf.features.shape[1] != self.cfg.wsi_dim:
-                raise InputError(f"{features}: {sf.features.shape[1]}-d patch features, model expects {self.cfg.wsi_dim}")
-            case.patches, case.coords = sf.features, sf.coords
-            present[0] = True
+        case.notes = notes
         return case
 
     # ---- prediction ---------------------------------------------------------------------------------
@@ -162,20 +229,36 @@ class Predictor:
 
     @torch.no_grad()
     def predict(self, case: Case, present: np.ndarray | None = None) -> Prediction:
-        batch, resp = self.batch(case, present)
+        return self.predict_many(case, [case.present if present is None else present])[0]
+
+    @torch.no_grad()
+    def predict_many(self, case: Case, presents: list[np.ndarray]) -> list[Prediction]:
+        """One case under several modality selections, in ONE forward pass (a batch of the same case with
+        different presence masks; the model has no cross-sample layers in eval mode, so each row equals a
+        separate call). Local tokens are computed once."""
+        full, resp = self.batch(case)
+        n = len(presents)
+        use = np.stack([case.present & np.asarray(p, bool) for p in presents])
+        rows = Batch(**{f.name: getattr(full, f.name).expand(n, *getattr(full, f.name).shape[1:])
+                        for f in fields(Batch)})
+        batch = rows.with_present(torch.from_numpy(use))
         out = self.model(batch.to(self.device))
-        att = {k: v[0].float().cpu().numpy() for k, v in out.attention.items()}
-        used = batch.present[0].numpy()
-        pred = Prediction(classes=self.classes, probs=out.probs[0].float().cpu().numpy(), present=used,
-                          reconstructed=[m for m in self.cfg.modalities if not used[MODALITIES.index(m)]],
-                          attention=att)
-        if "local_cma" in att:
-            mods = list(self.cfg.modalities)
-            if "rpt" in resp and used[2]:
-                pred.sentence_scores = resp["rpt"] @ att["local_cma"][mods.index("rpt")]
-            if "wsi" in resp and used[0]:
-                pred.patch_cluster_scores = resp["wsi"] @ att["local_cma"][mods.index("wsi")]
-        return pred
+        probs = out.probs.float().cpu().numpy()
+        maps = {k: v.float().cpu().numpy() for k, v in out.attention.items()}
+        mods = list(self.cfg.modalities)
+        preds = []
+        for i in range(n):
+            att = {k: v[i] for k, v in maps.items()}
+            used = use[i]
+            pred = Prediction(classes=self.classes, probs=probs[i], present=used,
+                              reconstructed=[m for m in mods if not used[MODALITIES.index(m)]], attention=att)
+            if "local_cma" in att:
+                if "rpt" in resp and used[2]:
+                    pred.sentence_scores = resp["rpt"] @ att["local_cma"][mods.index("rpt")]
+                if "wsi" in resp and used[0]:
+                    pred.patch_cluster_scores = resp["wsi"] @ att["local_cma"][mods.index("wsi")]
+            preds.append(pred)
+        return preds
 
 
 def load_predictor(checkpoint: str | Path, device: str = "auto") -> Predictor:

@@ -48,15 +48,14 @@ def analyse(predictor: Predictor, case: Case, use: np.ndarray | None = None) -> 
     model_mods = np.array([m in predictor.cfg.modalities for m in MODALITIES])
     if not (want & model_mods).any():
         raise InputError("no modality left to predict from: switch at least one present modality on")
-    pred = predictor.predict(case, want)
+    used = want & model_mods
+    drop = [i for i in range(len(MODALITIES)) if used[i]] if used.sum() >= 2 else []
+    masks = [want] + [np.where(np.arange(len(MODALITIES)) == i, False, used) for i in drop]
+    pred, *others = predictor.predict_many(case, masks)  # one forward pass for the case and its ablations
     k = int(pred.probs.argmax())
-    result = Analysis(prediction=pred, used=want & model_mods)
-    for i, m in enumerate(MODALITIES):
-        if not result.used[i] or result.used.sum() < 2:
-            continue
-        less = result.used.copy()
-        less[i] = False
-        other = predictor.predict(case, less)
+    result = Analysis(prediction=pred, used=used)
+    for i, other in zip(drop, others):
+        m = MODALITIES[i]
         result.without[m] = other
         result.contributions[m] = float(pred.probs[k] - other.probs[k])
     result.seconds = time.perf_counter() - start
@@ -91,7 +90,7 @@ def tile_size_of(attrs: dict, default: float = 256.0) -> float:
 
 
 def slide_view(coords: np.ndarray, tile_size: float, slide_path: str | Path | None = None,
-               max_size: int = 1600) -> SlideView:
+               max_size: int = 1200) -> SlideView:
     """Thumbnail (longest side ``max_size``) of the slide, or a white canvas covering the tiles."""
     from mosare.io.slides import open_slide
 
@@ -187,7 +186,7 @@ def _decode_slide(slide_path: str, encoder: str, device: str, features_out: str,
 
 def slide_features(slide_path: str | Path, encoder: str, cache_dir: str | Path,
                    on_progress: Callable[[int, int, float], None] | None = None, *,
-                   limits: Limits | None = None, thumb_max: int = 1600) -> SlideArtifacts:
+                   limits: Limits | None = None, thumb_max: int = 1200) -> SlideArtifacts:
     """Patch features and thumbnail of a slide, decoded in an isolated child process (memory and time limits:
     a crash in OpenSlide or libtiff kills only that job) and cached.
 
@@ -292,7 +291,7 @@ def load_case(predictor: Predictor, *, slide_path: str | Path | None = None, fea
         else:
             view = slide_view(case.coords, tile, slide_path)
     removed = scrub(report_text, vocabulary_for(predictor.classes)).removed if case.present[2] else []
-    return LoadedCase(case, view, report_text if case.present[2] else None, removed, notes)
+    return LoadedCase(case, view, report_text if case.present[2] else None, removed, notes + case.notes)
 
 
 def read_tiles(view: SlideView, idx: np.ndarray, size: int = 256) -> list[np.ndarray]:

@@ -174,3 +174,25 @@ def test_ablations_switch_their_component_off_and_round_trip(name, tmp_path):
     path = save_checkpoint(tmp_path / "m", model, name, cfg, meta={"classes": ["A", "B"]})
     loaded, meta, _ = load_checkpoint(path)
     assert type(loaded).name == name and getattr(loaded.cfg, flag) is False
+
+
+def test_predict_many_equals_separate_predictions(tmp_path):
+    """The dashboard scores a case and its leave-one-modality-out variants in one batch: same numbers."""
+    import numpy as np
+
+    from mosare.demo import MODEL_PATH
+    from mosare.inference import Case, Predictor
+
+    pred = Predictor(MODEL_PATH)
+    rng = np.random.default_rng(0)
+    cfg = pred.cfg
+    case = Case(present=np.ones(3, bool), rna=rng.normal(size=cfg.rna_dim).astype(np.float32),
+                patches=rng.normal(size=(40, cfg.wsi_dim)).astype(np.float32), coords=np.zeros((40, 2), np.int64),
+                sentences=[f"s{i}" for i in range(6)], sentence_emb=rng.normal(size=(6, cfg.rpt_dim)).astype(np.float32),
+                report_emb=rng.normal(size=cfg.rpt_dim).astype(np.float32))
+    masks = [np.array(m, bool) for m in itertools.product([True, False], repeat=3) if any(m)]
+    together = pred.predict_many(case, masks)
+    for m, p in zip(masks, together):
+        alone = pred.predict(case, m)
+        assert np.allclose(p.probs, alone.probs, atol=1e-5)
+        assert (p.present == m).all() and np.allclose(p.attention["local_keep"], alone.attention["local_keep"])

@@ -15,6 +15,7 @@ from dashboard.settings import Settings
 from mosare import MODALITIES
 from mosare.demo import MODEL_PATH, ensure_demo_cases
 from mosare.errors import MosareError
+from mosare.io.tables import decode_text
 from mosare.workbench import MODALITY_NAMES, analyse, load_case, modality_status, store_upload
 
 SLIDE_TYPES = ["svs", "tif", "tiff", "ndpi", "scn", "svslide", "bif", "vms", "vmu", "mrxs", "dcm", "png", "jpg", "jpeg", "h5", "pt"]
@@ -42,8 +43,9 @@ def _load(name: str, *, slide_path=None, features_path=None, rna_path=None, repo
 
     def message(err: Exception) -> str:
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
-        for stored, original in (aliases or {}).items():
-            text = text.replace(stored, original)
+        for stored, original in (aliases or {}).items():  # full server path first, then the bare name
+            text = text.replace(str(settings.cache_dir / "uploads" / stored), original).replace(stored, original)
+        text = text.replace(str(settings.cache_dir), "<cache>")
         return text[:400]
 
     with st.status(f"Loading {name}…", expanded=True) as status:
@@ -116,7 +118,7 @@ with tab_upload:
             if rna_file is not None:
                 rna_path = store_upload(rna_file.getvalue(), "".join(Path(rna_file.name).suffixes[-2:]), settings.cache_dir)
                 aliases[rna_path.name] = rna_file.name
-            report_text = report_file.getvalue().decode("utf-8", errors="replace") if report_file is not None else report_paste
+            report_text = decode_text(report_file.getvalue(), "the report") if report_file is not None else report_paste
         except MosareError as err:
             st.error(str(err))
         else:

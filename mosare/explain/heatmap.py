@@ -199,13 +199,14 @@ def colorbar_png(cmap: str, label: str, low: str = "low", high: str = "high", wi
     return buf.getvalue()
 
 
-def to_png(rgb: np.ndarray) -> bytes:
-    """Encode an ``[h, w, 3]`` (or ``[h, w]`` grey) uint8 image as PNG bytes."""
+def to_png(rgb: np.ndarray, fast: bool = False) -> bytes:
+    """Encode an ``[h, w, 3]`` (or ``[h, w]`` grey) uint8 image as PNG bytes (``fast``: light compression, for
+    display; the default compresses fully, for files)."""
     a = np.asarray(rgb)
     if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
         raise ValueError(f"expected a uint8 image [h, w, 3], got {a.dtype} {list(a.shape)}")
     buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
+    Image.fromarray(a).save(buf, format="PNG", compress_level=1 if fast else 6)
     return buf.getvalue()
 
 

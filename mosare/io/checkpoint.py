@@ -1,17 +1,22 @@
 """Checkpoints: ``<stem>.safetensors`` (weights and named extra arrays) + ``<stem>.json`` (config and metadata).
 
 Never pickle: a ``.pt``/``.pth``/``.ckpt``/``.bin`` file is refused without being opened as a pickle.
+
+Both files are written atomically, the ``.json`` first and the ``.safetensors`` last, so a ``.safetensors``
+file always has its ``.json``; both carry the same ``save_id``, so a pair mixed by a save that was killed
+between its two writes is refused on loading instead of being read with the wrong config.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from mosare.config import ModelConfig, from_dict, to_dict
@@ -20,6 +25,7 @@ from mosare.io.atomic import atomic_path, atomic_write_text
 
 FORMAT = "mosare-checkpoint/1"
 _EXTRA = "extra."
+_SAVE_ID = "mosare_save_id"
 
 
 def _stem(path: str | Path) -> Path:
@@ -29,21 +35,25 @@ def _stem(path: str | Path) -> Path:
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, model_name: str, cfg: ModelConfig,
                     meta: dict[str, Any], extras: dict[str, np.ndarray] | None = None) -> Path:
-    """Write weights and metadata atomically; returns the ``.safetensors`` path."""
+    """Write metadata, then weights, each atomically; returns the ``.safetensors`` path."""
     stem = _stem(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for k, v in (extras or {}).items():
         tensors[_EXTRA + k] = torch.from_numpy(np.ascontiguousarray(v))
     weights = stem.with_suffix(".safetensors")
-    with atomic_path(weights) as tmp:
-        save_file(tensors, str(tmp))
-    doc = {"format": FORMAT, "model": model_name, "config": to_dict(cfg), **meta}
+    save_id = uuid.uuid4().hex
+    doc = {"format": FORMAT, "model": model_name, "config": to_dict(cfg), **meta, "save_id": save_id}
     atomic_write_text(stem.with_suffix(".json"), json.dumps(doc, indent=1))
+    with atomic_path(weights) as tmp:  # last: the weights file is what marks a checkpoint as written
+        save_file(tensors, str(tmp), metadata={"format": "pt", _SAVE_ID: save_id})
     return weights
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
-    """-> (model in eval mode, metadata dict, extras dict of numpy arrays). One-line CheckpointError on any problem."""
+def read_checkpoint_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """-> (metadata dict, weights path) of a complete checkpoint pair, without loading the weights.
+
+    One-line CheckpointError when a file is missing, the JSON is not a MoSARe checkpoint config, the weights
+    header is unreadable or the two files come from different saves."""
     path = Path(path)
     if path.suffix in (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"):
         raise CheckpointError(f"{path}: pickle-based checkpoints are refused (they can run code); "
@@ -56,10 +66,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
         raise CheckpointError(f"{meta_path}: checkpoint config (.json next to the weights) not found")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
+    except (OSError, ValueError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{meta_path}: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: not a MoSARe checkpoint config (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            weights_id = (fh.metadata() or {}).get(_SAVE_ID)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({str(err).splitlines()[0]})") from None
+    if weights_id and meta.get("save_id") and weights_id != meta["save_id"]:
+        raise CheckpointError(f"{weights}: the weights and {meta_path.name} come from different saves "
+                              "(a save was interrupted between the two files); save the checkpoint again")
+    return meta, weights
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
+    """-> (model in eval mode, metadata dict, extras dict of numpy arrays). One-line CheckpointError on any problem."""
+    meta, weights = read_checkpoint_meta(path)
+    meta_path = weights.with_suffix(".json")
     try:
         tensors = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as err:

@@ -14,6 +14,7 @@ On-disk layout written by :func:`write_features_h5` (the TRIDENT / CLAM conventi
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ from mosare.errors import InputError
 from mosare.io.atomic import atomic_path
 
 PT_SUFFIXES = (".pt", ".pth")
+MAX_PATCHES = 1_000_000
+"""Most patches read from one feature file (a 40x gigapixel slide has a few hundred thousand)."""
+MAX_FEATURE_BYTES = 8 * 2**30
+"""Largest feature matrix read (as float32), checked on the HDF5 header before reading."""
 _COORD_ATTRS = (
     "patch_size",
     "patch_size_level0",
@@ -143,8 +148,12 @@ def _validate(path: Path, feats: np.ndarray, coords: np.ndarray | None) -> tuple
     if feats.shape[1] == 0:
         raise InputError(f"{path}: features have dimension 0")
     feats = feats.astype(np.float32, copy=False)
-    if not np.isfinite(feats).all():
-        raise InputError(f"{path}: features contain NaN or inf values")
+    finite = np.isfinite(feats)
+    if not finite.all():
+        n_nan, n_inf = int(np.isnan(feats).sum()), int(np.isinf(feats).sum())
+        row = int(np.nonzero(~finite.all(axis=1))[0][0])
+        raise InputError(f"{path}: features contain NaN or inf values ({n_nan:,} NaN, {n_inf:,} inf; "
+                         f"first in patch {row} of {feats.shape[0]:,})")
     if coords is not None:
         coords = _squeeze_leading(coords, 2)
         if coords.ndim != 2 or coords.shape[1] < 2:
@@ -157,6 +166,23 @@ def _validate(path: Path, feats: np.ndarray, coords: np.ndarray | None) -> tuple
     return feats, coords
 
 
+def _check_declared(path: Path, fds: h5py.Dataset) -> None:
+    """Refuse a features dataset whose declared type or size is wrong, before reading it (a small file can
+    declare a huge dataset)."""
+    if fds.dtype.kind not in "biuf":
+        raise InputError(f"{path}: features must be numeric, got dtype {fds.dtype}")
+    shape = tuple(int(n) for n in fds.shape)
+    lead = shape[:-2] if len(shape) > 2 else ()
+    if len(shape) < 2 or any(n != 1 for n in lead):
+        raise InputError(f"{path}: features must be [N, D] (or [1, N, D]), got shape {shape}")
+    n, d = shape[-2], shape[-1]
+    if n > MAX_PATCHES:
+        raise InputError(f"{path}: too many patches ({n:,}; limit {MAX_PATCHES:,})")
+    if n * d * 4 > MAX_FEATURE_BYTES:
+        raise InputError(f"{path}: features too large ({n:,} x {d:,} values; limit {MAX_FEATURE_BYTES // 2**30} GiB "
+                         "as float32)")
+
+
 def _read_h5(path: Path) -> SlideFeatures:
     if not h5py.is_hdf5(path):
         raise InputError(f"{path}: not an HDF5 file (expected a TRIDENT/CLAM .h5 or a CLAM .pt)")
@@ -165,11 +191,14 @@ def _read_h5(path: Path) -> SlideFeatures:
             if "features" not in f or not isinstance(f["features"], h5py.Dataset):
                 raise InputError(f"{path}: no 'features' dataset (found: {', '.join(sorted(f.keys())) or 'nothing'})")
             fds = f["features"]
+            _check_declared(path, fds)  # shape and size from the header, before any value is read
             feats = fds[()]
             attrs: dict[str, Any] = {}
             coords = None
             if "coords" in f and isinstance(f["coords"], h5py.Dataset):
                 cds = f["coords"]
+                if cds.size > 4 * MAX_PATCHES:
+                    raise InputError(f"{path}: coords too large ({cds.shape}; limit {MAX_PATCHES:,} patches)")
                 coords = cds[()]
                 attrs.update({k: _plain(v) for k, v in cds.attrs.items()})
             attrs.update({k: _plain(v) for k, v in fds.attrs.items()})
@@ -186,10 +215,14 @@ def _read_pt(path: Path) -> SlideFeatures:
     import torch  # heavy; only needed for CLAM pt_files
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on the pickle protocol: not the user's concern
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any load failure is a bad input file
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{path}: cannot load as a tensor file (torch.load, weights_only): {msg}") from None
+        if "weights only load failed" in msg.lower():  # torch's text suggests weights_only=False: never
+            msg = "it holds pickled objects other than tensors, which are refused (they could run code)"
+        raise InputError(f"{path}: cannot load as a tensor file (torch.load, weights_only): {msg[:200]}") from None
     coords = None
     if isinstance(obj, dict):
         if "features" not in obj:

@@ -268,6 +268,7 @@ def _open_plain_image(path: Path, name: str) -> Slide:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # e.g. PIL's "Corrupt EXIF data" on a damaged TIFF
             image = Image.open(path)
     except Image.DecompressionBombError:
         raise InputError(
@@ -276,6 +277,8 @@ def _open_plain_image(path: Path, name: str) -> Slide:
     except (OSError, ValueError, SyntaxError) as err:
         unidentified = isinstance(err, Image.UnidentifiedImageError)
         detail = "Unsupported or missing image file" if unidentified else _one_line(err)
+        if unidentified and _tiff_magic(path):
+            detail = "a TIFF header but no readable image directory: truncated or corrupt file"
         raise InputError(f"{name}: cannot open slide ({detail})") from None
     try:
         _check_size(name, *image.size)
@@ -283,6 +286,14 @@ def _open_plain_image(path: Path, name: str) -> Slide:
     except BaseException:
         image.close()
         raise
+
+
+def _tiff_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    except OSError:
+        return False
 
 
 def open_slide(path: str | Path) -> Slide:
@@ -295,6 +306,8 @@ def open_slide(path: str | Path) -> Slide:
     name = path.name or str(path)
     if not path.exists():
         raise InputError(f"{name}: slide file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{name}: cannot open slide (empty file, 0 bytes)")
     file = _dicom_file_in(path) if path.is_dir() else path
     try:
         vendor = openslide.OpenSlide.detect_format(file)

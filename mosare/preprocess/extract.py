@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mosare.errors import InputError, MosareError
+from mosare.io.atomic import remove_stale_temps
 from mosare.io.features import write_features_h5
 from mosare.io.slides import Slide, open_slide
 from mosare.preprocess.encoders import Encoder, get_encoder
@@ -382,20 +383,30 @@ def shard(slides: Sequence[Path], rank: int | None = None,
     return sorted(slides)[rank::world_size], rank, world_size
 
 
+def _storage_fits(ds: h5py.Dataset, file_size: int) -> bool:
+    """Whether a contiguous dataset's bytes lie inside the file (a truncated copy fails this)."""
+    offset = ds.id.get_offset()
+    return offset is None or offset + ds.id.get_storage_size() <= file_size
+
+
 def finished_encoder(h5_path: Path) -> str | None:
-    """The encoder named in a complete feature file (``""`` if unnamed); ``None`` if absent or unreadable."""
+    """The encoder named in a complete feature file (``""`` if unnamed); ``None`` if absent, unreadable,
+    truncated or not a complete features + coords pair (such a file is extracted again)."""
     if not h5_path.is_file():
         return None
     try:
+        size = h5_path.stat().st_size
         with h5py.File(h5_path, "r") as f:
             feats, coords = f.get("features"), f.get("coords")
             if not isinstance(feats, h5py.Dataset) or not isinstance(coords, h5py.Dataset):
                 return None
             if feats.ndim != 2 or feats.shape[0] == 0 or coords.shape != (feats.shape[0], 2):
                 return None
+            if not (_storage_fits(feats, size) and _storage_fits(coords, size)):
+                return None
             name = f.attrs.get("encoder", "")
             return name.decode() if isinstance(name, bytes) else str(name)
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - any damage (h5py raises OSError, KeyError, RuntimeError, ...) means redo
         return None
 
 
@@ -435,7 +446,8 @@ def run_extract(slides: str | Path | Sequence[str | Path], out_dir: str | Path, 
                 compile: bool = False) -> ExtractReport:
     """Extract features for every slide of ``slides`` (folders, ``slide_path`` CSVs, files) into ``out_dir``.
 
-    Resumable: a slide whose ``<stem>.h5`` is complete (same encoder) is skipped. QC thumbnails go to
+    Resumable: a slide whose ``<stem>.h5`` is complete (same encoder) is skipped; an unreadable or truncated
+    ``<stem>.h5`` is extracted again, and temporary files left by a killed run are removed. QC thumbnails go to
     ``qc_dir`` (default ``<out_dir>/qc``). A failing slide prints one line ``<name>: <message>`` to stderr and
     the run goes on with ``skip_errors``; without it the first failure raises :class:`MosareError`.
     """
@@ -448,10 +460,18 @@ def run_extract(slides: str | Path | Sequence[str | Path], out_dir: str | Path, 
     mine, rank, world_size = shard(collect_slides(slides), rank, world_size)
     report = ExtractReport(rank=rank, world_size=world_size)
     spec = get_encoder(encoder_name)
+    # temporaries of this rank's own slides only: other ranks may be writing theirs in the same folders
+    stale = (remove_stale_temps(out_dir, [f"{slide_stem(p)}.h5" for p in mine])
+             + remove_stale_temps(qc, [f"{slide_stem(p)}.png" for p in mine]))
+    if stale:
+        _log(f"removed {len(stale)} temporary file(s) left by an interrupted run")
     todo: list[Path] = []
     for path in mine:
-        have = finished_encoder(out_dir / f"{slide_stem(path)}.h5")
+        h5_path = out_dir / f"{slide_stem(path)}.h5"
+        have = finished_encoder(h5_path)
         if have is None:
+            if h5_path.exists():
+                _log(f"{h5_path.name}: incomplete or unreadable feature file; extracting it again")
             todo.append(path)
         elif have in ("", spec.name):
             report.skipped.append(path)

@@ -11,23 +11,17 @@
 
 from __future__ import annotations
 
-import bz2
-import csv
-import gzip
-import io
-import lzma
 import re
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import pandas as pd
 
 from mosare.errors import InputError
+from mosare.io.tables import TableFormat, inspect_table
 
 PATHWAY_DIR = Path(__file__).resolve().parents[2] / "assets" / "pathways"
 DEFAULT_PATHWAYS = PATHWAY_DIR / "combine_signatures.csv"
@@ -57,45 +51,10 @@ _SUFFIXES = ("_rnaseq", "_rna", "_expression", "_mrna")
 # --------------------------------------------------------------------------- reading
 
 
-def _opener(path: Path) -> tuple[str | None, IO[bytes]]:
-    """(pandas compression name, binary stream of the decompressed content), by magic bytes, not file name."""
-    with open(path, "rb") as fh:
-        magic = fh.read(6)
-    if magic[:2] == b"\x1f\x8b":
-        return "gzip", gzip.open(path, "rb")
-    if magic[:3] == b"BZh":
-        return "bz2", bz2.open(path, "rb")
-    if magic[:6] == b"\xfd7zXZ\x00":
-        return "xz", lzma.open(path, "rb")
-    if magic[:4] == b"PK\x03\x04":
-        zf = zipfile.ZipFile(path)
-        names = [n for n in zf.namelist() if not n.endswith("/")]
-        if len(names) != 1:
-            raise InputError(f"{path}: a zip archive must hold exactly one table (found {len(names)} files)")
-        return "zip", zf.open(names[0])
-    return None, open(path, "rb")
-
-
-def _sniff(path: Path) -> tuple[str | None, str, list[str]]:
-    """(compression, separator, header names) from the first non-empty line; InputError when the file is empty."""
-    try:
-        compression, stream = _opener(path)
-        with stream, io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace") as text:
-            header = ""
-            for line in text:
-                if line.strip():
-                    header = line
-                    break
-    except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as err:
-        raise InputError(f"{path}: cannot read ({err})") from None
-    if not header:
-        raise InputError(f"{path}: the file is empty")
-    counts = {sep: header.count(sep) for sep in ("\t", ",", ";")}
-    sep = max(counts, key=lambda s: counts[s])
-    if counts[sep] == 0:
-        sep = "\t" if "\t" in header else ","
-    names = next(csv.reader([header.rstrip("\r\n")], delimiter=sep), [])
-    return compression, sep, [n.strip() for n in names]
+def _sniff(path: Path) -> TableFormat:
+    """Compression, encoding, separator and header, with the size/row/column caps checked before parsing
+    (:func:`mosare.io.tables.inspect_table`); InputError when the file is empty, binary or too big."""
+    return inspect_table(path)
 
 
 def clean_gene_id(gene: object) -> str | None:
@@ -224,9 +183,11 @@ def read_expression(path: str | Path, *, orientation: str = "auto") -> pd.DataFr
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    compression, sep, header = _sniff(path)
+    fmt = _sniff(path)
+    sep, header = fmt.sep, fmt.header
     try:
-        raw = pd.read_csv(path, sep=sep, compression=compression, encoding="utf-8-sig", low_memory=False)
+        raw = pd.read_csv(path, sep=sep, compression=fmt.compression, encoding=fmt.encoding,
+                          encoding_errors=fmt.errors, low_memory=False)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: the file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, ValueError) as err:

@@ -1,0 +1,383 @@
+"""How responsive the dashboard is on CPU: switching a modality off, and starting the app.
+
+usage: python bench/dashboard.py [--repeat 20] [--case 0] [--cache DIR]
+                                 [--browser] [--browser-repeat 5] [--slide-repeat 3] [--warm-starts 2]
+
+Printed (seconds; median and p95 over the repetitions, after warm-up runs that are not counted):
+
+- (a) switching a modality off, in process: ``mosare.workbench.analyse`` on the loaded demo case with one
+  modality off (the prediction plus one re-inference per remaining modality, as the Case page's Run does),
+  then the heatmap the Slide page draws from it (``normalise`` + ``heatmap_overlay`` + ``colorbar_png`` +
+  ``to_png``). Target: 0.5 s. Also shown, not in the total: the size and serialisation time of the plotly
+  figure that ``st.plotly_chart`` ships to the browser.
+- (a) the same through a real browser (``--browser``): on the Case page, uncheck a modality and press Run,
+  until the probability bars show new values, the "Observed" line lists the remaining modalities and the
+  app is idle; and the Slide page, from the sidebar click until the heatmap image is painted and the app idle.
+- (b) start-up (``--browser``): ``streamlit run`` as ``make demo`` runs it, from spawning the process to the
+  Case page's "Load demo case" button visible in headless Chromium (browser already running): once with a
+  fresh cache (includes materialising the demo cases) and ``--warm-starts`` times with that cache.
+
+Timings are printed, never asserted. Chromium is the Debian ``chromium`` on PATH, driven by playwright.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from mosare import MODALITIES  # noqa: E402
+from mosare.demo import MODEL_PATH, default_cache_dir, ensure_demo_cases  # noqa: E402
+from mosare.explain import heatmap  # noqa: E402
+from mosare.inference import Prediction, Predictor  # noqa: E402
+from mosare.workbench import MODALITY_NAMES, SlideView, analyse, load_case  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_S = 0.5
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking"]
+
+
+def stats(xs: list[float]) -> str:
+    a = np.asarray(xs, float)
+    return f"median {np.median(a):.3f} s, p95 {np.percentile(a, 95):.3f} s (n={len(a)})"
+
+
+def verdict(xs: list[float]) -> str:
+    return "within" if float(np.median(xs)) <= TARGET_S else "OVER"
+
+
+# ----------------------------------------------------------------------------------------------- (a) in process
+
+
+def slide_scores(pred: Prediction) -> tuple[str, np.ndarray] | None:
+    """The score the Slide page shows first (dashboard.components.slide_viewer.available_scores, first entry)."""
+    if "wsi_patch" in pred.attention and pred.present[0]:
+        return "ABMIL patch attention", np.asarray(pred.attention["wsi_patch"], float)
+    if pred.patch_cluster_scores is not None:
+        return "Cross-modal attention", np.asarray(pred.patch_cluster_scores, float)
+    return None
+
+
+def draw_heatmap(view: SlideView, pred: Prediction) -> np.ndarray | None:
+    """The Slide page's drawing with its default controls (percentile, viridis, opacity 0.5, overlay on)."""
+    scored = slide_scores(pred)
+    if scored is None:
+        return None  # the page shows a note instead of a heatmap
+    name, raw = scored
+    values = heatmap.normalise(raw, "percentile")
+    rgb = heatmap.heatmap_overlay(view.thumbnail, view.coords, view.tile_size, view.downsample, values,
+                                  "viridis", 0.5, True)
+    heatmap.colorbar_png("viridis", f"{name} (percentile rank)")
+    heatmap.to_png(rgb, fast=True)  # the page sends the overlay as a PNG data URL (downloads are built on click)
+    return rgb
+
+
+def bench_in_process(args, cache: Path) -> None:
+    from mosare.preprocess.reports import ReportEmbedder
+
+    t = time.perf_counter()
+    demo = ensure_demo_cases(cache)
+    c = demo[args.case]
+    predictor = Predictor(MODEL_PATH, "cpu")
+    loaded = load_case(predictor, slide_path=c.slide_path, features_path=c.features_path, rna_path=c.rna_path,
+                       report_text=c.report_text, embedder=ReportEmbedder() if c.report_text else None,
+                       cache_dir=cache)
+    case, view = loaded.case, loaded.view
+    print(f"set-up (not timed below): demo case {c.patient_id} ({', '.join(MODALITY_NAMES[m] for m in c.modalities)}), "
+          f"{len(view.coords) if view else 0} tiles, thumbnail {view.thumbnail.shape[1]}x{view.thumbnail.shape[0]} px; "
+          f"loaded in {time.perf_counter() - t:.1f} s")
+
+    settings = {"all on": case.present.copy()}
+    for i, m in enumerate(MODALITIES):
+        if case.present[i]:
+            use = case.present.copy()
+            use[i] = False
+            settings[f"{MODALITY_NAMES[m]} off"] = use
+
+    print(f"\n(a) modality switch -> new prediction + redrawn heatmap, in process "
+          f"({args.repeat} runs after 2 warm-up; target {TARGET_S} s)")
+    for name, use in settings.items():
+        total, inference, drawing = [], [], []
+        rgb = None
+        for rep in range(args.repeat + 2):
+            t0 = time.perf_counter()
+            result = analyse(predictor, case, use)
+            t1 = time.perf_counter()
+            rgb = draw_heatmap(view, result.prediction) if view is not None else None
+            t2 = time.perf_counter()
+            if rep >= 2:
+                total.append(t2 - t0)
+                inference.append(t1 - t0)
+                drawing.append(t2 - t1)
+        p = result.prediction
+        heat = f"heatmap {np.median(drawing):.3f} s" if rgb is not None else "no heatmap (slide off: the page shows a note)"
+        print(f"  {name:<13} {stats(total)}  [{verdict(total)} target] · analyse ({1 + len(result.without)} "
+              f"inferences) {np.median(inference):.3f} s · {heat} · P({p.label}) = {p.probs.max():.3f}")
+
+    if view is not None:
+        import plotly.graph_objects as go
+
+        import base64
+
+        rgb = draw_heatmap(view, analyse(predictor, case, case.present).prediction)
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            url = "data:image/png;base64," + base64.b64encode(heatmap.to_png(rgb, fast=True)).decode()
+            payload = go.Figure(go.Image(source=url, hoverinfo="skip")).to_json()
+            times.append(time.perf_counter() - t)
+        raw = go.Figure(go.Image(z=rgb, hoverinfo="skip")).to_json()
+        print(f"  not in the totals: the plotly figure st.plotly_chart sends ({rgb.shape[1]}x{rgb.shape[0]} px image "
+              f"as a PNG data URL) is {len(payload) / 1e6:.2f} MB of JSON, built in {np.median(times):.3f} s "
+              f"(as raw RGB it would be {len(raw) / 1e6:.1f} MB)")
+
+
+# ----------------------------------------------------------------------------------------------- browser helpers
+
+
+IDLE_JS = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app) return false;
+  const script = app.getAttribute('data-test-script-state');
+  const conn = app.getAttribute('data-test-connection-state');
+  return !document.querySelector('[data-testid="stStatusWidget"]')
+      && script !== 'running' && script !== 'rerunRequested'
+      && (conn === null || conn === 'CONNECTED')
+      && !document.querySelector('[data-stale="true"]');
+}"""
+
+# Idle, the probability text no longer ``old`` and the "Observed:" line equal to ``observed``.
+RESULT_JS = """([old, observed]) => {
+  const idle = (""" + IDLE_JS + """)();
+  if (!idle) return false;
+  const probs = document.querySelector('.st-key-probabilities');
+  if (!probs || probs.innerText === old) return false;
+  const line = [...document.querySelectorAll('[data-testid="stMarkdownContainer"]')]
+      .find(e => e.innerText.trim().startsWith('Observed:'));
+  return !!line && line.innerText.trim() === observed;
+}"""
+
+HEATMAP_JS = """() => {
+  const img = document.querySelector('[data-testid="stPlotlyChart"] svg.main-svg image');
+  if (!img) return false;
+  const href = img.getAttribute('href') || img.getAttribute('xlink:href') || '';
+  const box = img.getBoundingClientRect();
+  return href.startsWith('data:image/') && box.width > 10 && box.height > 10;
+}"""
+
+
+class Server:
+    """``streamlit run streamlit_app.py`` with ``make demo``'s options on a free port; output to a log file."""
+
+    def __init__(self, cache: Path, log: Path):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ, MOSARE_CACHE=str(cache), PYTHONUNBUFFERED="1")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
+             "--server.port", str(self.port), "--server.headless", "true"],
+            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def wait_healthy(self, timeout: float = 120.0) -> float:
+        while time.perf_counter() - self.started < timeout:
+            if self.proc.poll() is not None:
+                sys.exit(f"bench/dashboard.py: streamlit exited ({self.proc.returncode}); log: {self.log_path}")
+            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        return time.perf_counter() - self.started
+            time.sleep(0.05)
+        sys.exit(f"bench/dashboard.py: streamlit not healthy after {timeout:.0f} s; log: {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+def wait_idle(page, timeout_s: float = 120.0) -> None:
+    page.wait_for_function(IDLE_JS, timeout=timeout_s * 1000, polling=50)
+
+
+def start_to_first_page(browser, cache: Path, log: Path, keep: bool = False):
+    """(seconds to healthy, seconds to the Load demo case button visible and the app idle[, server, page])."""
+    server = Server(cache, log)
+    page = None
+    try:
+        healthy = server.wait_healthy()
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server.url, wait_until="domcontentloaded")
+        page.get_by_role("button", name="Load demo case", exact=True).wait_for(state="visible", timeout=300_000)
+        wait_idle(page, 300)
+        ready = time.perf_counter() - server.started
+    except BaseException:
+        server.stop()
+        raise
+    if keep:
+        return healthy, ready, server, page
+    page.close()
+    server.stop()
+    return healthy, ready
+
+
+def bench_browser(args, chromium: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="mosare-bench-") as tmp, sync_playwright() as p:
+        tmp = Path(tmp)
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            print("\n(b) start-up: spawn `streamlit run` (as make demo) -> Case page's \"Load demo case\" visible in "
+                  "Chromium, app idle")
+            healthy, ready = start_to_first_page(browser, tmp / "cache", tmp / "cold.log")
+            print(f"  cold (fresh MOSARE_CACHE, demo cases materialised): {ready:.1f} s "
+                  f"(server healthy after {healthy:.1f} s)")
+            warm = []
+            for i in range(args.warm_starts):
+                healthy, ready = start_to_first_page(browser, tmp / "cache", tmp / f"warm{i}.log")
+                warm.append(ready)
+                print(f"  warm (cache reused) #{i + 1}: {ready:.1f} s (server healthy after {healthy:.1f} s)")
+
+            _, _, server, page = start_to_first_page(browser, tmp / "cache", tmp / "e2e.log", keep=True)
+            try:
+                e2e(args, page)
+            finally:
+                page.close()
+                server.stop()
+        finally:
+            browser.close()
+
+
+def e2e(args, page) -> None:
+    if args.case:
+        page.locator('[data-testid="stSelectbox"]').filter(has_text="Synthetic demo case").click()
+        page.get_by_role("option").nth(args.case).click()
+        wait_idle(page)
+    page.get_by_role("button", name="Load demo case", exact=True).click()
+    page.get_by_role("button", name="Run", exact=True).wait_for(state="visible", timeout=300_000)
+    wait_idle(page)
+    labels = [cb.inner_text().strip() for cb in page.locator('[data-testid="stCheckbox"]').all()]
+    on = [lab for lab in labels if page.get_by_role("checkbox", name=lab).is_checked()]
+    probs = page.locator(".st-key-probabilities")
+
+    def observed(mods: list[str]) -> str:
+        return f"Observed: {', '.join(mods)}"
+
+    def run_and_wait(mods: list[str]) -> float:
+        """From just before the click on the checkbox (already done by the caller when timed) to the result."""
+        old = probs.inner_text() if probs.count() else ""
+        t = time.perf_counter()
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.wait_for_function(RESULT_JS, arg=[old, observed(mods)], timeout=120_000, polling=50)
+        return time.perf_counter() - t
+
+    def toggle(label: str) -> None:
+        page.locator('[data-testid="stCheckbox"]').filter(has_text=label).click()
+
+    run_and_wait(on)  # the first Run, all modalities present
+    print(f"\n(a) through the browser: Case page, uncheck a modality + Run -> new probabilities shown, app idle "
+          f"({args.browser_repeat} runs each; target {TARGET_S} s)")
+    back = []
+    for label in on:
+        off = []
+        for _ in range(args.browser_repeat):
+            old = probs.inner_text()
+            t = time.perf_counter()
+            toggle(label)
+            page.get_by_role("button", name="Run", exact=True).click()
+            page.wait_for_function(RESULT_JS, arg=[old, observed([x for x in on if x != label])], timeout=120_000,
+                                   polling=50)
+            off.append(time.perf_counter() - t)
+            toggle(label)
+            back.append(run_and_wait(on))
+        print(f"  {label + ' off':<13} {stats(off)}  [{verdict(off)} target]")
+    print(f"  all on again  {stats(back)}  [{verdict(back)} target]")
+
+    print(f"\n(a) through the browser: sidebar Slide -> heatmap image painted, app idle ({args.slide_repeat} runs)")
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    slide = []
+    for _ in range(args.slide_repeat):
+        t = time.perf_counter()
+        nav.get_by_role("link", name="Slide", exact=True).click()
+        page.locator('[data-testid="stPlotlyChart"]').wait_for(state="visible", timeout=300_000)
+        page.wait_for_function(HEATMAP_JS, timeout=300_000, polling=50)
+        wait_idle(page, 300)
+        slide.append(time.perf_counter() - t)
+        nav.get_by_role("link", name="Case", exact=True).click()
+        probs.wait_for(state="visible")
+        wait_idle(page)
+    print(f"  Slide page    {stats(slide)}  [{verdict(slide)} target]")
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=20, help="timed runs per setting, in process")
+    ap.add_argument("--case", type=int, default=0, help="index of the demo case")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="cache for the in-process part (default $MOSARE_CACHE or ~/.cache/mosare)")
+    ap.add_argument("--browser", action="store_true", help="also time the app in headless Chromium: (a) and (b)")
+    ap.add_argument("--browser-repeat", type=int, default=5, help="timed runs per modality in the browser")
+    ap.add_argument("--slide-repeat", type=int, default=3, help="timed Slide page loads in the browser")
+    ap.add_argument("--warm-starts", type=int, default=2, help="warm-cache start-ups to time")
+    args = ap.parse_args()
+
+    chromium = None
+    if args.browser:
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            sys.exit("bench/dashboard.py: --browser needs the playwright package")
+        if chromium is None:
+            sys.exit("bench/dashboard.py: --browser needs chromium on PATH")
+
+    cache = (args.cache or default_cache_dir()).expanduser().resolve()
+    os.environ["MOSARE_CACHE"] = str(cache)  # the report embedder's cache too, as in the app
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.get_num_threads()} threads, device cpu "
+          f"(CUDA {'available, not used' if torch.cuda.is_available() else 'not available'}); load average {load}")
+    print(f"target: modality switch -> new prediction + heatmap in {TARGET_S} s")
+    bench_in_process(args, cache)
+    if args.browser:
+        print(f"browser: {chromium} (headless, playwright)")
+        bench_browser(args, chromium)
+    else:
+        print("\n(a) through the browser and (b) start-up: skipped (pass --browser)")
+    print(f"\nload average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

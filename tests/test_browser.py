@@ -1,0 +1,283 @@
+"""The dashboard in a real browser: `streamlit run` as a subprocess, driven by headless Chromium (playwright).
+
+What AppTest (tests/test_dashboard.py) cannot see: the page as a user gets it, i.e. the front end rendering the
+prediction metric and probability bars, the plotly heatmap actually painting its image, and the report's
+highlighted sentences. The flow: open the app (fresh cache: the demo cases are materialised on first launch)
+-> Load demo case -> Run -> Slide page -> Report page, with a screenshot of each page.
+
+Screenshots go to the test's ``tmp_path`` and, when ``$MOSARE_SCREENSHOT_DIR`` is set, are copied there too
+(CI artefacts, README images). Without Chromium (or the playwright package) the test is skipped on a developer
+machine and fails on CI (``CI=true``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, _on_ci
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking"]
+VIEWPORT = {"width": 1400, "height": 1000}
+SERVER_START_S = 60.0  # `streamlit run` to a healthy server
+FIRST_PAGE_S = 120.0  # first page on a fresh cache: includes materialising the demo cases (~20 s on 2 cores)
+STEP_S = 60.0  # any other step (load, run, page switch)
+SETTLE_S = 0.5  # after the app is idle: lets the front end finish painting (plotly, transitions)
+
+# The front end is idle when no status widget (the "Running..." indicator) is shown, the script is not running
+# or about to rerun, the websocket is connected, and no element of an earlier run is still on screen (stale).
+_IDLE_JS = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app) return false;
+  const script = app.getAttribute('data-test-script-state');
+  const conn = app.getAttribute('data-test-connection-state');
+  return !document.querySelector('[data-testid="stStatusWidget"]')
+      && script !== 'running' && script !== 'rerunRequested'
+      && (conn === null || conn === 'CONNECTED')
+      && !document.querySelector('[data-stale="true"]');
+}"""
+
+# The plotly heatmap has painted: its <image> (the go.Image trace, drawn as a data-URL PNG inside the main svg)
+# exists, has a data URL and a non-empty box on screen.
+_HEATMAP_PAINTED_JS = """() => {
+  const img = document.querySelector('[data-testid="stPlotlyChart"] svg.main-svg image');
+  if (!img) return false;
+  const href = img.getAttribute('href') || img.getAttribute('xlink:href') || '';
+  const box = img.getBoundingClientRect();
+  return href.startsWith('data:image/') && box.width > 10 && box.height > 10;
+}"""
+
+
+def _missing(reason: str) -> None:
+    """Skip on a developer machine; on CI a missing browser is a failure (the image installs it)."""
+    if _on_ci():
+        pytest.fail(f"{reason} (CI=true: the browser test must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _chromium() -> str:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _missing("the playwright package is not installed")
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        _missing("chromium not found on PATH")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------------------------- the server
+
+
+class StreamlitServer:
+    """``streamlit run streamlit_app.py`` on 127.0.0.1, its output in a log file."""
+
+    def __init__(self, workdir: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cache = workdir / "cache"
+        self.log_path = workdir / "streamlit.log"
+        env = dict(os.environ)
+        env.update(MOSARE_CACHE=str(self.cache), MOSARE_MODEL_DIRS=str(workdir / "no-models"),
+                   PYTHONUNBUFFERED="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
+             "--server.port", str(self.port), "--server.headless", "true", "--server.fileWatcherType", "none"],
+            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True)  # its own process group: stop() ends it with anything it started
+
+    def wait_healthy(self, timeout: float = SERVER_START_S) -> float:
+        """Seconds until ``/_stcore/health`` answers ``ok``; fails if the process exits or time runs out."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.proc.poll() is not None:
+                pytest.fail(f"streamlit exited with code {self.proc.returncode} before it was healthy\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200 and r.read().strip() == b"ok":
+                        return time.monotonic() - start
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.25)
+        pytest.fail(f"streamlit not healthy after {timeout:.0f} s\n{self.tail()}")
+
+    def tail(self, lines: int = 60) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+        return "----- streamlit log (tail) -----\n" + "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=3)  # a clean stop takes a few seconds; the test needs none of it
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Path of the Chromium binary (skips, or fails on CI, when it or playwright is missing)."""
+    return _chromium()
+
+
+@pytest.fixture
+def streamlit_server(chromium, tmp_path) -> Iterator[StreamlitServer]:
+    """A dashboard server on a free port with a fresh cache; always terminated, whatever the test did.
+    (Asks for ``chromium`` first, so a machine without a browser skips before starting a server.)"""
+    server = StreamlitServer(tmp_path)
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
+
+
+# ----------------------------------------------------------------------------------------------- the browser
+
+
+def wait_for_app(page, expected=None, *, timeout: float = STEP_S, settle: float = SETTLE_S) -> None:
+    """Wait for Streamlit to finish rendering: the app idle (see ``_IDLE_JS``) and ``expected`` (a locator
+    that only exists once the awaited run has drawn it) visible; then a short settle, and idle still."""
+    ms = timeout * 1000
+    if expected is not None:
+        expected.first.wait_for(state="visible", timeout=ms)
+    page.wait_for_function(_IDLE_JS, timeout=ms, polling=100)
+    time.sleep(settle)
+    page.wait_for_function(_IDLE_JS, timeout=ms, polling=100)
+    if expected is not None:
+        expected.first.wait_for(state="visible", timeout=ms)
+
+
+def _shoot(page, name: str, out_dir: Path, copies: list[Path]) -> Path:
+    path = out_dir / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    copies.append(path)
+    return path
+
+
+@contextlib.contextmanager
+def _explain_failure(server: StreamlitServer, page, out_dir: Path) -> Iterator[None]:
+    """On any failure: a screenshot of the page as it was, and the server log's tail in the test output."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            page.screenshot(path=str(out_dir / "failure.png"), full_page=True)
+            print(f"screenshot of the failure: {out_dir / 'failure.png'}")
+        print(server.tail())
+        raise
+
+
+def test_demo_case_in_a_real_browser(chromium: str, streamlit_server: StreamlitServer, tmp_path: Path):
+    from playwright.sync_api import expect, sync_playwright
+
+    shots_dir = tmp_path / "screenshots"
+    shots_dir.mkdir()
+    shots: list[Path] = []
+    timings: dict[str, float] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(STEP_S * 1000)
+            with _explain_failure(streamlit_server, page, shots_dir):
+                t = time.monotonic()
+                page.goto(streamlit_server.url, wait_until="domcontentloaded")
+                load = page.get_by_role("button", name="Load demo case", exact=True)
+                wait_for_app(page, load, timeout=FIRST_PAGE_S)  # first launch: demo cases materialised
+                timings["first page"] = time.monotonic() - t
+
+                t = time.monotonic()
+                load.click()
+                run = page.get_by_role("button", name="Run", exact=True)
+                wait_for_app(page, run)
+                for label in ("Slide", "RNA-seq", "Report"):
+                    expect(page.get_by_role("checkbox", name=label)).to_be_checked()
+                timings["load case"] = time.monotonic() - t
+
+                t = time.monotonic()
+                run.click()
+                probabilities = page.locator(".st-key-probabilities")
+                wait_for_app(page, probabilities.get_by_text("P(B) ="))
+                timings["run"] = time.monotonic() - t
+                metric = page.locator('[data-testid="stMetric"]').filter(has_text="Prediction")
+                expect(metric).to_be_visible()
+                assert metric.locator('[data-testid="stMetricValue"]').inner_text().strip() in ("A", "B")
+                expect(page.get_by_text("Probability of")).to_be_visible()
+                bars = probabilities.locator('[data-testid="stProgress"]')
+                expect(bars).to_have_count(2)
+                values = {}
+                for cls in ("A", "B"):
+                    label = probabilities.get_by_text(f"P({cls}) =")
+                    expect(label).to_be_visible()
+                    text = label.inner_text().strip()
+                    assert text.startswith(f"P({cls}) = 0.") or text == f"P({cls}) = 1.000", text
+                    values[cls] = float(text.split("=")[-1])
+                assert abs(sum(values.values()) - 1.0) < 3e-3, values
+                for bar in bars.all():
+                    box = bar.bounding_box()
+                    assert box is not None and box["width"] > 50 and box["height"] > 0
+                _shoot(page, "dashboard-case", shots_dir, shots)
+
+                t = time.monotonic()
+                page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Slide", exact=True).click()
+                chart = page.locator('[data-testid="stPlotlyChart"]')
+                wait_for_app(page, chart)
+                page.wait_for_function(_HEATMAP_PAINTED_JS, timeout=STEP_S * 1000, polling=100)
+                wait_for_app(page, chart)
+                timings["slide page"] = time.monotonic() - t
+                image = chart.locator("svg.main-svg image").first
+                box = image.bounding_box()
+                assert box is not None and box["width"] > 100 and box["height"] > 100, box
+                assert page.locator('[data-testid="stImage"] img').count() >= 3  # colour bar + tile galleries
+                _shoot(page, "dashboard-slide", shots_dir, shots)
+
+                t = time.monotonic()
+                page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Report", exact=True).click()
+                top = page.locator(".mosare-report .mosare-top")
+                wait_for_app(page, top)
+                timings["report page"] = time.monotonic() - t
+                expect(top).to_have_count(3)
+                for span in top.all():
+                    expect(span).to_be_visible()
+                    colour = span.evaluate("e => getComputedStyle(e).backgroundColor")
+                    assert colour not in ("transparent", "rgba(0, 0, 0, 0)"), colour
+                    assert not colour.startswith("rgba(") or float(colour.rstrip(")").split(",")[-1]) > 0.1, colour
+                _shoot(page, "dashboard-report", shots_dir, shots)
+        finally:
+            browser.close()
+
+    target = os.environ.get("MOSARE_SCREENSHOT_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        for shot in shots:
+            shutil.copy2(shot, Path(target) / shot.name)
+    print("browser flow (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    print(f"screenshots: {shots_dir}" + (f" (copied to {target})" if target else ""))
