@@ -54,3 +54,13 @@ def shared_data() -> Path:
     if not d.is_dir():
         _missing(f"shared data folder not found: {d} (set MOSARE_SHARED_DATA or place ../shared/data)")
     return d
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory) -> Path:
+    """A cache folder (``MOSARE_CACHE``) with the dashboard's demo cases materialised once per test session."""
+    from mosare.demo import ensure_demo_cases
+
+    cache = tmp_path_factory.mktemp("mosare-cache")
+    ensure_demo_cases(cache)
+    return cache

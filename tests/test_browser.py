@@ -2,7 +2,7 @@
 
 What AppTest (tests/test_dashboard.py) cannot see: the page as a user gets it, i.e. the front end rendering the
 prediction metric and probability bars, the plotly heatmap actually painting its image, and the report's
-highlighted sentences. The flow: open the app (fresh cache: the demo cases are materialised on first launch)
+highlighted sentences. The flow: open the app (the demo cases already materialised in the session cache)
 -> Load demo case -> Run -> Slide page -> Report page, with a screenshot of each page.
 
 Screenshots go to the test's ``tmp_path`` and, when ``$MOSARE_SCREENSHOT_DIR`` is set, are copied there too
@@ -93,10 +93,10 @@ def _free_port() -> int:
 class StreamlitServer:
     """``streamlit run streamlit_app.py`` on 127.0.0.1, its output in a log file."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, cache: Path | None = None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.cache = workdir / "cache"
+        self.cache = cache or workdir / "cache"
         self.log_path = workdir / "streamlit.log"
         env = dict(os.environ)
         env.update(MOSARE_CACHE=str(self.cache), MOSARE_MODEL_DIRS=str(workdir / "no-models"),
@@ -148,10 +148,11 @@ def chromium() -> str:
 
 
 @pytest.fixture
-def streamlit_server(chromium, tmp_path) -> Iterator[StreamlitServer]:
-    """A dashboard server on a free port with a fresh cache; always terminated, whatever the test did.
+def streamlit_server(chromium, tmp_path, demo_cache) -> Iterator[StreamlitServer]:
+    """A dashboard server on a free port with the session's demo cache (the cold first launch is timed by
+    bench/dashboard.py); always terminated, whatever the test did.
     (Asks for ``chromium`` first, so a machine without a browser skips before starting a server.)"""
-    server = StreamlitServer(tmp_path)
+    server = StreamlitServer(tmp_path, demo_cache)
     try:
         server.wait_healthy()
         yield server
@@ -211,7 +212,7 @@ def test_demo_case_in_a_real_browser(chromium: str, streamlit_server: StreamlitS
                 t = time.monotonic()
                 page.goto(streamlit_server.url, wait_until="domcontentloaded")
                 load = page.get_by_role("button", name="Load demo case", exact=True)
-                wait_for_app(page, load, timeout=FIRST_PAGE_S)  # first launch: demo cases materialised
+                wait_for_app(page, load, timeout=FIRST_PAGE_S)  # the first page loads the model
                 timings["first page"] = time.monotonic() - t
 
                 t = time.monotonic()

@@ -15,18 +15,15 @@ TIMEOUT = 180
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    """One cache folder (demo cases, uploads, features) for the module; demo cases materialised once."""
+def _cache(demo_cache):
+    """The session's cache folder (demo cases materialised once) for every app in this module."""
     from streamlit import config
 
     config.set_option("client.showErrorDetails", "full")  # the server redacts errors; tests want them
     mp = pytest.MonkeyPatch()
-    cache = tmp_path_factory.mktemp("mosare-cache")
+    cache = demo_cache
     mp.setenv("MOSARE_CACHE", str(cache))
     mp.setenv("MOSARE_MODEL_DIRS", str(cache / "no-models"))
-    from mosare.demo import ensure_demo_cases
-
-    ensure_demo_cases(cache)
     yield cache
     mp.undo()
 

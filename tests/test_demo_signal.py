@@ -25,8 +25,8 @@ TOP_K = 5
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("demo-cache")
+def results(demo_cache):
+    cache = demo_cache
     cases = ensure_demo_cases(cache)
     pred = Predictor(MODEL_PATH)
     out = []

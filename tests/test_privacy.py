@@ -66,10 +66,10 @@ def test_cli_predict_and_its_errors_keep_the_report_out_of_logs(tmp_path, debug_
         _assert_names_clean(cache)
 
 
-def test_app_keeps_the_report_out_of_logs_and_cache_names(tmp_path, debug_log, monkeypatch):
+def test_app_keeps_the_report_out_of_logs_and_cache_names(tmp_path, demo_cache, debug_log, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    cache = tmp_path / "cache"
+    cache = demo_cache
     monkeypatch.setenv("MOSARE_CACHE", str(cache))
     monkeypatch.setenv("MOSARE_MODEL_DIRS", str(tmp_path / "none"))
     at = AppTest.from_file(str(REPO_ROOT / "streamlit_app.py"), default_timeout=180)
