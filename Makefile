@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: venv test test-all demo demo-assets demo-cli clean
+.PHONY: venv test test-all test-slow demo demo-assets demo-cli clean
 
 venv: .venv/.installed
 
@@ -19,6 +19,10 @@ test: venv
 
 test-all: venv
 	$(PY) -m pytest -q
+
+# Only the tests marked slow (CI runs them after `make test`).
+test-slow: venv
+	$(PY) -m pytest -q -m slow
 
 # The dashboard with its embedded demo (model in assets/demo, demo cases built on first launch, ~20 s).
 PORT ?= 8501
