@@ -241,7 +241,8 @@ def main() -> None:
 
     print(f"machine: {os.cpu_count()} CPU cores; load average {fmt_load()}")
     print(f"plan: {args.cycles} cycles (new browser context -> Case page drawn -> close), load + Run on every "
-          f"{args.run_every}-th{' (then the Slide page)' if args.slide else ''}; reference after {args.warmup} cycles; server.disconnectedSessionTTL "
+          f"{args.run_every}-th{' (then the Slide page)' if args.slide else ''}; reference after {args.warmup} "
+          f"cycles; server.disconnectedSessionTTL "
           f"{args.session_ttl} s; target: growth <= {TARGET_PCT:.0f} %")
 
     with tempfile.TemporaryDirectory(prefix="mosare-sessions-") as tmp:
@@ -344,7 +345,8 @@ def main() -> None:
     diverged = {o: s for o, s in answers.items() if len(s) > 1}
     print(f"answers: {len(answers)} demo cases run, each always shown the same probabilities: "
           f"{'yes' if not diverged else 'NO ' + str(diverged)}")
-    print(f"server healthy at the end: {'yes' if healthy else 'NO'}; load average {fmt_load()}; {os.cpu_count()} CPU cores")
+    print(f"server healthy at the end: {'yes' if healthy else 'NO'}; load average {fmt_load()}; "
+          f"{os.cpu_count()} CPU cores")
 
 
 if __name__ == "__main__":
