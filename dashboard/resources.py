@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from mosare.demo import MODEL_PATH
+from mosare.demo import MODEL_PATH, DemoCase, ensure_demo_cases
 from mosare.inference import Predictor
 from mosare.jobs import JobQueue
 from mosare.preprocess.reports import ReportEmbedder
@@ -19,6 +19,12 @@ from mosare.train.loop import resolve_device
 def predictor(path: str, device: str) -> Predictor:
     """A loaded checkpoint. Shared by every session: never mutated after loading (eval mode, no_grad)."""
     return Predictor(path, device)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Preparing the demo cases (first launch only)…")
+def demo_cases(cache_dir: str) -> list[DemoCase]:
+    """The demo cases (written on first launch, then read once per server, not on every rerun)."""
+    return ensure_demo_cases(cache_dir)
 
 
 @st.cache_resource

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from mosare import MODALITIES
+from mosare.cohort import Cohort
 from mosare.config import ModelConfig
 from mosare.types import Batch
 
@@ -67,3 +69,15 @@ def random_batch(
         rpt_local=dense(b, c, cfg.rpt_dim) if has_rpt else torch.zeros(b, 0, cfg.rpt_dim),
     )
     return batch.with_present(present)
+
+
+def rna_cohort(n: int = 90, genes: int = 20, seed: int = 0) -> Cohort:
+    """An RNA-only two-class cohort whose first three genes carry the class signal."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = rng.normal(size=(n, genes)).astype(np.float32)
+    x[:, :3] += 1.2 * y[:, None]
+    present = np.zeros((n, 3), bool)
+    present[:, 1] = True
+    return Cohort(patient_ids=[f"P{i:03d}" for i in range(n)], labels=y.astype(np.int64), classes=("A", "B"),
+                  present=present, genes=[f"G{j}" for j in range(genes)], rna=x)

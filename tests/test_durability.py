@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import rna_cohort
 from mosare.cohort import Cohort
 from mosare.config import ExperimentConfig, ModelConfig, TrainConfig
 from mosare.errors import CheckpointError
@@ -314,17 +315,6 @@ def test_experiment_killed_leaves_no_partial_file_and_resumes_to_the_same_metric
     assert (killed / "summary.md").read_text() == (reference / "summary.md").read_text()
 
 
-def _rna_cohort(n: int = 40, genes: int = 12, seed: int = 0) -> Cohort:
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    x = rng.normal(size=(n, genes)).astype(np.float32)
-    x[:, :3] += 1.2 * y[:, None]
-    present = np.zeros((n, 3), bool)
-    present[:, 1] = True
-    return Cohort(patient_ids=[f"P{i:03d}" for i in range(n)], labels=y.astype(np.int64), classes=("A", "B"),
-                  present=present, genes=[f"G{j}" for j in range(genes)], rna=x)
-
-
 def _small_config() -> ExperimentConfig:
     return ExperimentConfig(classes=("A", "B"), folds=2, models=("mosare", "snn"), scenarios=("complete",),
                             mask_rates=(0.3,), model=ModelConfig(hidden=8, gene_token_dim=4),
@@ -334,7 +324,7 @@ def _small_config() -> ExperimentConfig:
 def test_resume_reuses_only_runs_with_the_same_config_and_data(tmp_path: Path) -> None:
     from mosare.train.experiment import run_experiment
 
-    cohort, cfg, out = _rna_cohort(), _small_config(), tmp_path / "run"
+    cohort, cfg, out = rna_cohort(n=40, genes=12), _small_config(), tmp_path / "run"
     first = run_experiment(cohort, cfg, out, progress=False)
     assert first.attrs["resumed"] == 0 and len(list(out.rglob("*.result.json"))) == 4
     again = run_experiment(cohort, cfg, out, progress=False)
@@ -349,7 +339,7 @@ def test_resume_reuses_only_runs_with_the_same_config_and_data(tmp_path: Path) -
     longer = replace(cfg, train=replace(cfg.train, epochs=3))
     assert run_experiment(cohort, longer, out, progress=False).attrs["resumed"] == 0
     assert run_experiment(cohort, longer, out, progress=False).attrs["resumed"] == 4
-    flipped = _rna_cohort()
+    flipped = rna_cohort(n=40, genes=12)
     flipped.labels = 1 - flipped.labels
     assert run_experiment(flipped, longer, out, progress=False).attrs["resumed"] == 0
     assert not _temp_files(out)
@@ -359,7 +349,7 @@ def test_resume_with_parallel_workers(tmp_path: Path) -> None:
     """Worker processes reuse the records of a serial run, and write records a serial run reuses."""
     from mosare.train.experiment import run_experiment
 
-    cohort, cfg, out = _rna_cohort(), _small_config(), tmp_path / "run"
+    cohort, cfg, out = rna_cohort(n=40, genes=12), _small_config(), tmp_path / "run"
     serial = run_experiment(cohort, cfg, out, progress=False)
     (out / "checkpoints" / "mosare" / "complete-0" / "fold0.result.json").unlink()  # as if killed before it
     parallel = run_experiment(cohort, cfg, out, progress=False, workers=2)

@@ -12,21 +12,11 @@ import torch
 
 from mosare.cohort import Cohort
 from mosare.config import ExperimentConfig, ModelConfig, TrainConfig
+from helpers import rna_cohort
 from mosare.train.data import fit_fold_features
 from mosare.train.experiment import model_config_for, run_experiment
 from mosare.train.loop import fit, predict_probs
 from mosare.train.splits import make_scenario, mask_modalities, patient_folds, train_val_split
-
-
-def rna_cohort(n: int = 90, genes: int = 20, seed: int = 0) -> Cohort:
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    x = rng.normal(size=(n, genes)).astype(np.float32)
-    x[:, :3] += 1.2 * y[:, None]
-    present = np.zeros((n, 3), bool)
-    present[:, 1] = True
-    return Cohort(patient_ids=[f"P{i:03d}" for i in range(n)], labels=y.astype(np.int64), classes=("A", "B"),
-                  present=present, genes=[f"G{j}" for j in range(genes)], rna=x)
 
 
 def test_folds_are_patient_level_and_stratified():

@@ -13,7 +13,7 @@ from dashboard.components.badges import modality_badges
 from dashboard.components.jobs import run_queued
 from dashboard.settings import Settings
 from mosare import MODALITIES
-from mosare.demo import MODEL_PATH, ensure_demo_cases
+from mosare.demo import MODEL_PATH
 from mosare.errors import MosareError
 from mosare.io.tables import decode_text
 from mosare.workbench import MODALITY_NAMES, analyse, load_case, modality_status, store_upload
@@ -72,8 +72,7 @@ with tab_demo:
         st.info("The demo cases belong to the demo model: pick it in the sidebar, or upload a case.")
     else:
         try:
-            with st.spinner("Preparing the demo cases (first launch only)…"):
-                demo_cases = ensure_demo_cases(settings.cache_dir)
+            demo_cases = resources.demo_cases(str(settings.cache_dir))
         except MosareError as err:
             st.error(str(err))
             demo_cases = []
