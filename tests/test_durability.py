@@ -23,7 +23,6 @@ import pandas as pd
 import pytest
 
 from helpers import rna_cohort
-from mosare.cohort import Cohort
 from mosare.config import ExperimentConfig, ModelConfig, TrainConfig
 from mosare.errors import CheckpointError
 from mosare.io.atomic import (atomic_path, atomic_write_bytes, atomic_write_text, current_umask, is_temp_name,
