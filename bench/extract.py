@@ -1,27 +1,39 @@
 """Tiles per second of patch-feature extraction, split into its stages, on one slide.
 
 usage: python bench/extract.py [--slide ../shared/data/slides/cmu-1-small-region.svs] [--encoder handcrafted]
-                               [--batch-size 64] [--workers 2] [--device auto] [--repeat 10]
+                               [--batch-size 64] [--workers 2] [--device auto] [--repeat 10 | --tiles N]
                                [--random-weights] [--encoder-weights PATH] [--compile]
+                               [--synthetic-slide PATH [--synthetic-grid 2] [--synthetic-size 2048]
+                                                       [--only-write-slide]]
 
-The slide's tissue tiles (``tile_slide``) are looped ``--repeat`` times for a stable figure. Printed:
+The slide's tissue tiles (``tile_slide``) are looped ``--repeat`` times (or cycled up to ``--tiles``) for a
+stable figure. ``--synthetic-slide PATH`` benchmarks a synthetic H&E slide instead of ``--slide`` (for machines
+without the shared data): a mosaic of ``--synthetic-grid`` x ``--synthetic-grid`` slides of ``--synthetic-size``
+px rendered by :mod:`mosare.preprocess.synthetic_slide`, written to PATH when it does not exist yet (writing
+its JPEG tiles needs ``imagecodecs``; reading it needs only OpenSlide). Printed:
 
 - raw: OpenSlide ``read_region`` alone, single process, sequential loop, same tiles / level / size (the better
   of a run before and one after (a), so load from other processes does not flatter the ratio);
 - (a) reading: the extraction DataLoader (``--workers`` decoding processes, RGB conversion, collation), no
   encoder; steady state after the first batch, and its ratio to the raw rate;
 - (b) encoding: synthetic uint8 batches already on the device -> resize, normalise, encoder forward;
-- (c) end to end: DataLoader + device transfer + encoding, as ``mosare extract`` runs it.
+- (f) forward alone: the encoder module on batches already resized and normalised on the device (bf16
+  autocast on CUDA, as ``LoadedEncoder.encode`` runs it) -- the ceiling for (c);
+- (c) end to end: DataLoader + device transfer + encoding, as ``mosare extract`` runs it, and its ratio to (f);
+- (d) one slide through ``extract_slide`` (tissue grid, QC thumbnail, DataLoader, encoder, ``.h5`` written):
+  the slide's own tissue tiles once, worker start-up included.
 
-``--encoder uni --random-weights`` times UNI's architecture without its gated weights.
+``--encoder uni --random-weights`` times UNI's architecture (ViT-L/16) without its gated weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +49,7 @@ from mosare.preprocess.extract import (  # noqa: E402
     TileDataset,
     cpu_threads,
     encode_tiles,
+    extract_slide,
     load_encoder,
     make_loader,
     resolve_device,
@@ -49,6 +62,24 @@ REPO = Path(__file__).resolve().parents[1]
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def write_synthetic_slide(path: Path, grid: int = 2, seed: int = 0, size: int = 2048) -> None:
+    """A ``grid`` x ``grid`` mosaic of synthetic H&E slides (``mosare.preprocess.synthetic_slide``, ``size`` px
+    each, alternating classes A/B) written as the same pyramidal JPEG TIFF at 0.5 um/px as the demo cohort's."""
+    from mosare.preprocess import synthetic_slide as ss
+
+    if size % ss.SLIDE_TILE or not 3 * ss.SLIDE_TILE <= size <= ss.TEXTURE_SIZE:
+        sys.exit(f"bench/extract.py: --synthetic-size must be a multiple of {ss.SLIDE_TILE} between "
+                 f"{3 * ss.SLIDE_TILE} and {ss.TEXTURE_SIZE}")
+    texture = ss.background_texture(np.random.default_rng([seed, 0x51DE]))
+    mosaic = np.empty((grid * size, grid * size, 3), np.uint8)
+    for r in range(grid):
+        for c in range(grid):
+            rgb, _, _ = ss.render_slide(np.random.default_rng([seed, 0xBE7C, r, c]), "AB"[(r + c) % 2], texture, size)
+            mosaic[r * size:(r + 1) * size, c * size:(c + 1) * size] = rgb
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ss.write_pyramid_tiff(path, mosaic, description=f"MoSARe synthetic H&E benchmark slide ({grid}x{grid} mosaic)")
 
 
 def raw_rate(path: Path, coords: np.ndarray, level: int, size: int) -> float:
@@ -98,6 +129,42 @@ def encode_rate(encoder: LoadedEncoder, read_size: int, batch_size: int, n_tiles
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def forward_rate(encoder: LoadedEncoder, read_size: int, batch_size: int, n_tiles: int) -> float:
+    """Tiles/s of the encoder module alone: input already resized and normalised on the device, same autocast
+    as :meth:`LoadedEncoder.encode` (bf16 on CUDA)."""
+    gen = torch.Generator().manual_seed(0)
+    tiles = torch.randint(0, 256, (batch_size, 3, read_size, read_size), dtype=torch.uint8, generator=gen)
+    x = encoder.preprocess(tiles)
+    use_bf16 = encoder.device.type == "cuda" and encoder.spec.autocast
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        for _ in range(2):
+            encoder.model(x)
+        _sync(encoder.device)
+        steps = max(3, math.ceil(n_tiles / batch_size))
+        start = time.perf_counter()
+        for _ in range(steps):
+            encoder.model(x)
+        _sync(encoder.device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def extract_slide_rate(path: Path, encoder: LoadedEncoder, batch_size: int, workers: int,
+                       mpp: float | None) -> tuple[int, float]:
+    """(tiles, seconds) of one :func:`extract_slide` call: grid, QC thumbnail, loader, encoding, ``.h5``."""
+    import h5py
+
+    with tempfile.TemporaryDirectory(prefix="mosare-bench-") as tmp:
+        start = time.perf_counter()
+        with cpu_threads(encoder.device, workers):
+            out = extract_slide(path, tmp, encoder, batch_size=batch_size, workers=workers, mpp_override=mpp,
+                                qc_dir=tmp, progress=False)
+        seconds = time.perf_counter() - start
+        with h5py.File(out, "r") as f:
+            n = int(f["features"].shape[0])
+    return n, seconds
+
+
 def end_to_end_rate(path: Path, coords: np.ndarray, grid: TileGrid, encoder: LoadedEncoder, batch_size: int,
                     workers: int) -> float:
     """Tiles/s of DataLoader + transfer + encoding (worker start-up included, as in a real run)."""
@@ -126,9 +193,29 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeat", type=int, default=10, help="loop the tile list this many times")
+    ap.add_argument("--tiles", type=int, default=None,
+                    help="cycle the slide's tissue tiles up to this many tiles (instead of --repeat)")
+    ap.add_argument("--synthetic-slide", type=Path, default=None,
+                    help="benchmark this synthetic slide instead of --slide; written first if missing")
+    ap.add_argument("--synthetic-grid", type=int, default=2,
+                    help="the synthetic slide is a mosaic of N x N renders (default 2)")
+    ap.add_argument("--synthetic-size", type=int, default=2048,
+                    help="side of each rendered slide of the mosaic, px (default 2048; 768 for a tiny one)")
+    ap.add_argument("--only-write-slide", action="store_true", help="write --synthetic-slide and stop")
     ap.add_argument("--mpp", type=float, default=None)
     ap.add_argument("--compile", action="store_true", help="torch.compile the encoder")
     args = ap.parse_args()
+    if args.synthetic_slide is not None:
+        if not args.synthetic_slide.exists():
+            start = time.perf_counter()
+            write_synthetic_slide(args.synthetic_slide, args.synthetic_grid, size=args.synthetic_size)
+            print(f"wrote {args.synthetic_slide} ({args.synthetic_grid}x{args.synthetic_grid} synthetic mosaic, "
+                  f"{args.synthetic_slide.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s")
+        args.slide = args.synthetic_slide
+        if args.only_write_slide:
+            return
+    elif args.only_write_slide:
+        sys.exit("bench/extract.py: --only-write-slide needs --synthetic-slide PATH")
     if not args.slide.exists():
         sys.exit(f"bench/extract.py: slide not found: {args.slide}")
     device = resolve_device(args.device)
@@ -139,26 +226,37 @@ def main() -> None:
         grid_s = time.perf_counter() - start
     if len(grid) == 0:
         sys.exit(f"bench/extract.py: {args.slide.name}: no tissue tiles")
-    coords = np.tile(grid.coords, (args.repeat, 1))
+    if args.tiles is not None:
+        coords = np.resize(grid.coords, (args.tiles, 2))  # cycles the tissue tiles
+        times = f"cycled to {args.tiles}"
+    else:
+        coords = np.tile(grid.coords, (args.repeat, 1))
+        times = f"x {args.repeat}"
     n = len(coords)
     encoder = load_encoder(args.encoder, device, args.encoder_weights, compile=args.compile,
                            random_weights=args.random_weights)
     weights = "random weights" if args.random_weights else encoder.spec.provenance
-    print(f"slide {args.slide.name}: {len(grid)} tissue tiles x {args.repeat} = {n}; read level {grid.read_level}, "
+    print(f"slide {args.slide.name}: {len(grid)} tissue tiles {times} = {n}; read level {grid.read_level}, "
           f"{grid.read_size} px -> {encoder.spec.input_size} px; tissue grid {grid_s:.2f} s")
-    print(f"encoder {encoder.spec.name} ({encoder.spec.dim}-d, {weights}{', compiled' if args.compile else ''}); "
-          f"batch size {args.batch_size}; workers {args.workers}; device {device_name(device)}")
+    precision = "bf16 autocast" if device.type == "cuda" and encoder.spec.autocast else "float32"
+    print(f"encoder {encoder.spec.name} ({encoder.spec.dim}-d, {weights}{', compiled' if args.compile else ''}, "
+          f"{precision}); batch size {args.batch_size}; workers {args.workers}; device {device_name(device)}")
 
     raw_before = raw_rate(args.slide, coords, grid.read_level, grid.read_size)
     steady, with_start = loader_rate(args.slide, coords, grid, args.batch_size, args.workers, device)
     raw = max(raw_before, raw_rate(args.slide, coords, grid.read_level, grid.read_size))  # the stricter baseline
     enc = encode_rate(encoder, grid.read_size, args.batch_size, n)
+    fwd = forward_rate(encoder, grid.read_size, args.batch_size, n)
     e2e = end_to_end_rate(args.slide, coords, grid, encoder, args.batch_size, args.workers)
+    one_n, one_s = extract_slide_rate(args.slide, encoder, args.batch_size, args.workers, args.mpp)
     print(f"raw OpenSlide read_region (1 process):  {raw:9.1f} tiles/s")
     print(f"(a) reading (DataLoader, no encoder):   {steady:9.1f} tiles/s steady, {with_start:.1f} incl. start-up; "
           f"ratio to raw {steady / raw:.2f}")
     print(f"(b) encoding (batches on the device):   {enc:9.1f} tiles/s")
-    print(f"(c) end to end:                         {e2e:9.1f} tiles/s")
+    print(f"(f) forward alone (normalised input):   {fwd:9.1f} tiles/s")
+    print(f"(c) end to end:                         {e2e:9.1f} tiles/s; ratio to forward alone {e2e / fwd:.2f}")
+    print(f"(d) extract_slide, one pass:            {one_n / one_s:9.1f} tiles/s ({one_n} tiles in {one_s:.2f} s, "
+          "tissue grid + QC + worker start-up + .h5 included)")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ def find_models(dirs: tuple[Path, ...]) -> dict[str, str]:
                 found[f"unreadable checkpoint · {p.name} · {p.parent.name}"] = str(p)
                 continue
             run = p.parents[3].name if len(p.parents) > 3 else p.parent.name  # <run>/checkpoints/<model>/<setting>/
-            label = (f"{doc.get('model', '?')} · {doc.get('scenario', '?')} {doc.get('mask_rate', '')} · "
+            setting = doc.get("training", doc.get("scenario", "?"))  # "training": one model serves masked-masked/-unmasked
+            label = (f"{doc.get('model', '?')} · {setting} {doc.get('mask_rate', '')} · "
                      f"fold {doc.get('fold', '?')} · {run}")
             found[label] = str(p)
     return found

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--classes", type=_csv(str), required=True, help="e.g. IDC,ILC")
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--folds", type=_positive, default=5)
-    e.add_argument("--epochs", type=_positive, default=100)
+    e.add_argument("--epochs", type=_positive, default=None, help="default 20 (TrainConfig)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     e.add_argument("--models", type=_csv(str), default=None, help="default: mosare,snn,abmil,gscnn,bp,mcat,porpoise,text")
@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--hidden", type=_positive, default=None, help="hidden size D of every model (default 256)")
     e.add_argument("--workers", type=_positive, default=1,
                    help="folds run in parallel processes (CPU: threads are shared; CUDA: one GPU per worker, round-robin)")
-    e.add_argument("--text-model", default=None, help="local sentence-transformers folder (default: all-MiniLM-L6-v2)")
+    e.add_argument("--text-encoder", choices=("tfidf", "minilm"), default=None,
+                   help="report vectors: TF-IDF → SVD fitted on each training fold (default) or a sentence model")
+    e.add_argument("--text-model", default=None, help="with --text-encoder minilm: local sentence-transformers folder "
+                   "(default: all-MiniLM-L6-v2); a model fine-tuned by `mosare finetune-text` is refused")
     e.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/mosare)")
 
     pr = sub.add_parser("predict", help="class probabilities for one case with any subset of modalities")
@@ -135,6 +138,7 @@ def _offline_defaults() -> None:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from mosare.cohort import build_cohort
     from mosare.config import ExperimentConfig, load_config
+    from mosare.preprocess.finetune_text import METADATA_FILE
     from mosare.preprocess.reports import ReportEmbedder
     from mosare.train.experiment import run_experiment
     from mosare.train.splits import SCENARIOS
@@ -142,7 +146,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, ExperimentConfig) if args.config else ExperimentConfig()
     over = {k: v for k, v in {"label_column": args.label_column, "classes": args.classes, "folds": args.folds,
                                "seed": args.seed, "models": args.models, "scenarios": args.scenarios,
-                               "mask_rates": args.mask_rates, "scrub_terms": args.scrub_terms or None}.items() if v is not None}
+                               "mask_rates": args.mask_rates, "scrub_terms": args.scrub_terms or None,
+                               "text_encoder": args.text_encoder}.items() if v is not None}
     cfg = replace(cfg, complete_only=args.complete_only or cfg.complete_only, **over)
     tover = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "patience": args.patience,
                                 "device": args.device, "seed": args.seed, "lr": args.lr}.items() if v is not None}
@@ -163,10 +168,16 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     unknown = [m for m in cfg.models if m not in MODELS]
     if unknown:
         raise MosareError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
-    embedder = ReportEmbedder(model_path=args.text_model, cache_dir=args.cache_dir) if args.reports else None
+    if args.text_model and cfg.text_encoder != "minilm":
+        raise MosareError("--text-model needs --text-encoder minilm (the default TF-IDF encoder is fitted per fold)")
+    if args.text_model and (Path(args.text_model) / METADATA_FILE).is_file():
+        raise MosareError(f"{args.text_model} was fine-tuned on reports of every fold's patients, test folds included; "
+                          "an experiment cannot use it without leaking (use --text-encoder tfidf, or the base model)")
+    embedder = (ReportEmbedder(model_path=args.text_model, cache_dir=args.cache_dir)
+                if args.reports and cfg.text_encoder == "minilm" else None)
     cohort = build_cohort(args.rna, args.reports, args.slides, label_column=cfg.label_column, classes=cfg.classes,
                           scrub_terms=cfg.scrub_terms, complete_only=cfg.complete_only, embedder=embedder,
-                          features_dir=args.features_dir)
+                          features_dir=args.features_dir, text_encoder=cfg.text_encoder)
     print(f"cohort: {len(cohort)} patients — {cohort.subset_summary()}", file=sys.stderr)
     start = time.perf_counter()
     run_experiment(cohort, cfg, args.out, text_model=embedder.model_id if embedder else "", workers=args.workers)

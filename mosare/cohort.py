@@ -19,6 +19,9 @@ from mosare import MODALITIES
 from mosare.errors import InputError
 from mosare.io.features import read_features
 from mosare.io.tables import read_reports_table, read_rna_table, read_slides_table
+from mosare.preprocess.reports import ReportEmbedder, scrub, split_sentences, vocabulary_for
+from mosare.preprocess.text_encoder import DEFAULT_DIM as TFIDF_DIM
+from mosare.preprocess.text_encoder import TEXT_ENCODERS
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,10 @@ class Cohort:
     rpt_global: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     wsi_paths: list[list[Path]] = field(default_factory=list)
     wsi_dim: int = 0
+    # scrubbed report text and its sentences ("" / [] where absent); what fold-fitted text encoders read
+    rpt_texts: list[str] = field(default_factory=list)
+    rpt_sentence_texts: list[list[str]] = field(default_factory=list)
+    text_encoder: str = "minilm"  # "minilm": rpt_global/rpt_sentences embedded here; "tfidf": fitted per fold
 
     def __post_init__(self) -> None:
         self._wsi_cache = lru_cache(maxsize=512)(self._load_wsi)
@@ -65,8 +72,15 @@ class Cohort:
         return self.rna.shape[1]
 
     @property
+    def has_reports(self) -> bool:
+        return bool(len(self.present)) and bool(self.present[:, 2].any())
+
+    @property
     def rpt_dim(self) -> int:
-        return self.rpt_global.shape[1]
+        """Width of the report vectors: the sentence model's, or the fold-fitted TF-IDF encoder's."""
+        if not self.has_reports:
+            return 0
+        return TFIDF_DIM if self.text_encoder == "tfidf" else self.rpt_global.shape[1]
 
     def wsi_bag(self, i: int) -> np.ndarray:
         """Patch features [N, Dw] of patient i (all slides concatenated); [0, Dw] when absent."""
@@ -100,8 +114,12 @@ def select_labels(label_parts: list[pd.Series], classes: tuple[str, ...], label_
 def build_cohort(rna: str | Path | None, reports: str | Path | None, slides: str | Path | None, *,
                  label_column: str, classes: tuple[str, ...], scrub_terms: tuple[str, ...] = (),
                  complete_only: bool = False, embedder=None, progress: bool = True,
-                 features_dir: str | Path | None = None) -> Cohort:
-    """Read the tables, keep patients whose label is one of ``classes``, embed scrubbed reports."""
+                 features_dir: str | Path | None = None, text_encoder: str = "minilm") -> Cohort:
+    """Read the tables, keep patients whose label is one of ``classes``, scrub reports and split them into
+    sentences; with ``text_encoder="minilm"`` embed them here (the sentence model is not fitted on the
+    cohort), with ``"tfidf"`` leave the fitting to each training fold (:func:`mosare.train.data.fit_fold_features`)."""
+    if text_encoder not in TEXT_ENCODERS:
+        raise InputError(f"unknown text encoder {text_encoder!r}; choose from {', '.join(TEXT_ENCODERS)}")
     if not (rna or reports or slides):
         raise InputError("give at least one of --rna, --reports, --slides")
     label_parts: list[pd.Series] = []
@@ -135,21 +153,24 @@ def build_cohort(rna: str | Path | None, reports: str | Path | None, slides: str
         if (y == c).sum() < 2:
             raise InputError(f"class {name} has {(y == c).sum()} patient(s); need at least 2 per class")
 
-    cohort = Cohort(patient_ids=ids, labels=y, classes=tuple(classes), present=has)
+    cohort = Cohort(patient_ids=ids, labels=y, classes=tuple(classes), present=has, text_encoder=text_encoder)
     if genes_df is not None:
         cohort.genes = list(genes_df.columns)
         cohort.rna = genes_df.reindex(ids).fillna(0.0).to_numpy(np.float32)
     if texts is not None:
-        from mosare.preprocess.reports import ReportEmbedder, scrub, vocabulary_for
-
         terms = list(vocabulary_for(classes)) + list(scrub_terms)
         pids = [i for i, h in zip(ids, has[:, 2]) if h]
-        clean = [scrub(texts[i], terms).text for i in pids]
-        emb = (embedder or ReportEmbedder()).embed(clean, progress=progress)
-        dim = emb[0].global_emb.shape[0]
-        by_id = dict(zip(pids, emb))
-        cohort.rpt_global = np.stack([by_id[i].global_emb if i in by_id else np.zeros(dim, np.float32) for i in ids])
-        cohort.rpt_sentences = [by_id[i].sentence_emb if i in by_id else np.zeros((0, dim), np.float32) for i in ids]
+        clean = {i: scrub(texts[i], terms).text for i in pids}
+        cohort.rpt_texts = [clean.get(i, "") for i in ids]
+        if text_encoder == "minilm":
+            emb = (embedder or ReportEmbedder()).embed([clean[i] for i in pids], progress=progress)
+            dim = emb[0].global_emb.shape[0]
+            by_id = dict(zip(pids, emb))
+            cohort.rpt_global = np.stack([by_id[i].global_emb if i in by_id else np.zeros(dim, np.float32) for i in ids])
+            cohort.rpt_sentences = [by_id[i].sentence_emb if i in by_id else np.zeros((0, dim), np.float32) for i in ids]
+            cohort.rpt_sentence_texts = [list(by_id[i].sentences) if i in by_id else [] for i in ids]
+        else:
+            cohort.rpt_sentence_texts = [split_sentences(clean[i]) if i in clean else [] for i in ids]
     if slide_map:
         cohort.wsi_paths = [slide_map.get(i, []) for i in ids]
         first = next(p[0] for p in cohort.wsi_paths if p)

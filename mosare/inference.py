@@ -16,6 +16,7 @@ from mosare.io.checkpoint import load_checkpoint
 from mosare.io.features import read_features
 from mosare.io.tables import check_report_text, read_table, to_float
 from mosare.preprocess.local_tokens import gmm_local_tokens
+from mosare.preprocess.text_encoder import TfidfSvdEncoder
 from mosare.types import Batch
 
 MIN_GENE_COVERAGE = 0.5
@@ -64,6 +65,9 @@ class Predictor:
         self.cfg = self.model.cfg
         self.classes: list[str] = list(self.meta["classes"])
         self.genes: list[str] = list(self.meta.get("genes", []))
+        text_meta = self.meta.get("text_encoder")
+        # a report encoder fitted on the training fold (TF-IDF → SVD) travels in the checkpoint; else a sentence model
+        self.text_encoder = TfidfSvdEncoder.from_state(self.extras, text_meta) if text_meta else None
 
     # ---- inputs -------------------------------------------------------------------------------------
     def rna_vector(self, path: str | Path, notes: list[str] | None = None) -> tuple[np.ndarray, float]:
@@ -167,15 +171,20 @@ class Predictor:
             case.patches, case.coords = sf.features, sf.coords
             present[0] = True
         if report_text is not None and "rpt" in self.cfg.modalities:
-            from mosare.preprocess.reports import ReportEmbedder, scrub, vocabulary_for
+            from mosare.preprocess.reports import ReportEmbedder, scrub, split_sentences, vocabulary_for
 
             clean = scrub(report_text, vocabulary_for(self.classes)).text
             if not clean.strip():
                 raise InputError("the report is empty after removing subtype words")
-            emb = (embedder or ReportEmbedder()).embed([clean], progress=False)[0]
-            if emb.global_emb.shape[0] != self.cfg.rpt_dim:
-                raise InputError(f"report embedding has {emb.global_emb.shape[0]} dims, model expects {self.cfg.rpt_dim}")
-            case.sentences, case.sentence_emb, case.report_emb = emb.sentences, emb.sentence_emb, emb.global_emb
+            if self.text_encoder is not None:
+                case.sentences = split_sentences(clean)
+                case.sentence_emb = self.text_encoder.encode_sentences([case.sentences])[0]
+                case.report_emb = self.text_encoder.encode_reports([clean])[0]
+            else:
+                emb = (embedder or ReportEmbedder()).embed([clean], progress=False)[0]
+                if emb.global_emb.shape[0] != self.cfg.rpt_dim:
+                    raise InputError(f"report embedding has {emb.global_emb.shape[0]} dims, model expects {self.cfg.rpt_dim}")
+                case.sentences, case.sentence_emb, case.report_emb = emb.sentences, emb.sentence_emb, emb.global_emb
             present[2] = True
         case.notes = notes
         return case

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +13,24 @@ import pandas as pd
 import pytest
 
 from mosare.errors import MosareError
+from mosare.preprocess.leak_audit import LeakAudit, flag_reason, leak_audit
 from mosare.preprocess.reports import (
+    PLACEHOLDER,
     ReportEmbedder,
     ScrubResult,
     scrub,
     split_sentences,
     vocabulary_for,
 )
+from mosare.preprocess.scrub import ICDO_CODE
 
 LEAK = re.compile(r"ductal|lobular|\bIDC\b|\bILC\b", re.IGNORECASE)
 BRCA = vocabulary_for(["IDC", "ILC"])
+LUNG = vocabulary_for(["LUAD", "LUSC"])
+# Independent of the scrubber's own regex: every written form of an ICD-O-3 morphology code (8500/3,
+# 8500 / 3, 85003, M-8500/3, M85003, (8520/3)) and any bare 5-digit 8xxxx / 9xxxx number.
+ANY_CODE = re.compile(r"(?<![\w.])(?:M\s*-?\s*)?[89]\d{3}(?:\s*/\s*\d|\d{1,2})(?!\w)", re.IGNORECASE)
+RESIDUE = re.compile(r"\bnos\b|n\.o\.s|not\W+otherwise\W+specified|classic(?:al)?\W+types?\b", re.IGNORECASE)
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +45,15 @@ def reports(shared_data: Path) -> pd.DataFrame:
     return df
 
 
+_SCRUB_SECONDS: list[float] = []
+
+
 @pytest.fixture(scope="module")
 def scrubbed(reports: pd.DataFrame) -> list[ScrubResult]:
-    return [scrub(t, BRCA) for t in reports["text"]]
+    start = time.perf_counter()
+    out = [scrub(t, BRCA) for t in reports["text"]]
+    _SCRUB_SECONDS.append(time.perf_counter() - start)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +85,12 @@ def test_scrub_spans_point_at_the_removed_words(reports: pd.DataFrame, scrubbed:
             assert word[0].isalnum() and word[-1].isalnum(), word
             assert a == 0 or not text[a - 1].isalnum()
             assert b == len(text) or not text[b].isalnum()
-        # cutting the spans out of the original gives the scrubbed text (up to whitespace and the capital
-        # passed on at a sentence start)
+        # replacing the spans of the original (a code by a space, a subtype phrase by the placeholder) gives
+        # the scrubbed text (up to whitespace and the capitals at a sentence start)
         kept, last = [], 0
         for a, b in spans:
             kept.append(text[last:a])
-            kept.append(" ")
+            kept.append(" " if ICDO_CODE.fullmatch(text[a:b]) else PLACEHOLDER)
             last = b
         kept.append(text[last:])
         assert " ".join("".join(kept).split()).lower() == " ".join(res.text.split()).lower()
@@ -89,21 +104,26 @@ def test_scrub_handcrafted() -> None:
     )
     res = scrub(text, BRCA)
     removed = [text[a:b] for a, b in res.removed]
+    # whole phrases: a leading "invasive", tails ("carcinoma", "neoplasia"), label words joined by "and"
     assert removed == [
-        "Ductal", "IDC", "DUCTS", "Lobules", "Intraductal", "DCIS", "LCIS", "Lobular", "no special. type",
+        "Invasive Ductal Carcinoma", "IDC", "DUCTS and Lobules", "Intraductal", "DCIS and LCIS",
+        "Lobular neoplasia", "no special. type",
     ]
-    for kept in ("E-cadherin", "Globular", "lobulated", "Conducted", "carcinoma", "Invasive"):
+    for kept in ("E-cadherin", "Globular", "lobulated", "Conducted", "Invasive carcinoma of"):
         assert kept in res.text
     assert "  " not in res.text
-    assert res.text.startswith("Invasive Carcinoma ( ), grade 2.")
-    assert "Neoplasia." in res.text  # the sentence-opening capital passes on
+    assert res.text.startswith("[Subtype] ([subtype]), grade 2. [Subtype]: benign.")
+    assert "present. [Subtype]. Invasive" in res.text  # a phrase that opened a sentence still does
+    assert [s[:9] for s in split_sentences(res.text)] == [
+        "[Subtype]", "[Subtype]", "[Subtype]", "[Subtype]", "Invasive ", "E-cadheri", "Globular,", "Conducted",
+    ]
 
 
 def test_scrub_inflections_and_ocr_variants() -> None:
     for word in ("ductal", "DUCTAL", "intraductal", "periductal", "ductale", "ductules", "duct", "lobular",
                  "lobules", "intralobular", "tubulolobular", "lobulare", "duetal", "lobuar", "cobular", "idcs"):
         res = scrub(f"the {word} lesion", BRCA)
-        assert res.text == "the lesion", word
+        assert res.text == "the [subtype] lesion", word
         assert res.removed == [(4, 4 + len(word))]
     for word in ("conducted", "product", "globular", "lobulated", "carcinoma", "cadherin", "reduction", "lobe"):
         assert scrub(f"the {word} lesion", BRCA).text == f"the {word} lesion", word
@@ -120,12 +140,138 @@ def test_vocabulary_for_picks_by_class_names() -> None:
     # unknown classes: only the class names themselves, escaped
     other = vocabulary_for(["Alpha", "B+"])
     assert other == ["Alpha", re.escape("B+")]
-    assert scrub("alpha and b+ and ductal", other).text == "and and ductal"
+    assert scrub("alpha and b+ and ductal", other).text == "[subtype] and ductal"
+    assert scrub("alpha, 8500/3 and 81403", other).text == "[subtype], and"  # codes go for any task
     assert "Alpha" in vocabulary_for(["IDC", "Alpha"]) and BRCA[0] in vocabulary_for(["idc"])
 
 
 def test_scrub_without_terms_only_collapses_whitespace() -> None:
     assert scrub("a  b\t c \n\n\n\nd ", []) == ScrubResult("a b c\n\nd", [])
+    assert scrub("ductal 8500/3", []) == ScrubResult("ductal", [(7, 13)])  # ... and removes codes
+
+
+def test_scrub_leaves_no_code_or_residue_in_real_reports(reports: pd.DataFrame, scrubbed: list[ScrubResult]) -> None:
+    assert _SCRUB_SECONDS and _SCRUB_SECONDS[0] < 10.0, _SCRUB_SECONDS  # all ~800 reports
+    raw = reports["text"]
+    assert sum(bool(ANY_CODE.search(t)) for t in raw) > 50  # the raw reports do carry codes ...
+    assert sum(bool(RESIDUE.search(t)) for t in raw) > 100  # ... and "NOS", "classical type"
+    for pid, res in zip(reports["patient_id"], scrubbed):
+        assert not ANY_CODE.search(res.text), (pid, ANY_CODE.findall(res.text))
+        assert not RESIDUE.search(res.text), (pid, RESIDUE.findall(res.text))
+        assert not re.search(r"ductal|lobular|classic", res.text, re.IGNORECASE), pid
+
+
+def test_scrub_codes_in_every_written_form() -> None:
+    for code in ("8500/3", "8500 / 3", "8520/3", "85203", "85206", "M-85003", "M8500/3", "M-8500/3", "M850033",
+                 "8070/3", "80703", "81403", "8255/3", "9680/3", "88307", "88307/2", "88307x2", "850013"):
+        text = f"Diagnosis: carcinoma ({code}), grade 2."
+        res = scrub(text, BRCA)
+        assert res.text == "Diagnosis: carcinoma ( ), grade 2.", code
+        assert [text[a:b] for a, b in res.removed] == [code]
+    # not codes: sizes, dates, times, counts, stages, topography codes, longer accession numbers
+    for kept in ("8.5 cm", "0.8500 mm", "12/08/2009", "2009", "8/9", "850", "pT2 N0", "T-04050", "7084113",
+                 "S09-12345", "1,850 g", "ki-67 85%", "8500-3", "C50.9"):
+        assert scrub(f"see {kept} here", BRCA).text == f"see {kept} here", kept
+
+
+def test_scrub_replaces_whole_phrases_with_one_placeholder() -> None:
+    idc = scrub("Invasive ductal carcinoma, NOS 8500/3. Tumor size: 2 cm.", BRCA).text
+    ilc = scrub("Invasive lobular carcinoma, classical type 8520/3. Tumor size: 2 cm.", BRCA).text
+    assert idc == ilc == "[Subtype] . Tumor size: 2 cm."
+    same = {
+        scrub(t, BRCA).text
+        for t in (
+            "Histologic type: infiltrating ductal carcinoma, not otherwise specified.",
+            "Histologic type: lobular carcinoma in situ, classic type.",
+            "Histologic type: invasive pleomorphic lobular carcinoma.",
+            "Histologic type: lobular carcinoma, pleomorphic type.",
+            "Histologic type: classical, pleomorphic.",
+            "Histologic type: ductal adenocarcinoma, nos.",
+            "Histologic type: carcinoma of no special type.",
+            "Histologic type: IDC.",
+        )
+    }
+    assert same == {"Histologic type: [subtype]."} | {"Histologic type: carcinoma of [subtype]."}
+    # "pleomorphic" outside a subtype phrase is biology and stays; "carcinoma" alone is no label word
+    assert scrub("Nuclear pleomorphism 3; pleomorphic nuclei; metastatic carcinoma.", BRCA).text == (
+        "Nuclear pleomorphism 3; pleomorphic nuclei; metastatic carcinoma."
+    )
+
+
+def test_scrub_lung_phrases_read_the_same() -> None:
+    sq = scrub("Right upper lobe: squamous cell carcinoma, moderately differentiated (8070/3).", LUNG)
+    ad = scrub("Right upper lobe: adenocarcinoma, moderately differentiated (81403).", LUNG)
+    assert sq.text == ad.text == "Right upper lobe: [subtype], moderately differentiated ( )."
+    assert scrub("Squamous cell carcinoma, keratinizing type, 80703.", LUNG).text == "[Subtype], ."
+    assert scrub("Adenocarcinoma, NOS, 8140/3; non-small cell carcinoma.", LUNG).text == "[Subtype], ; [subtype]."
+    assert "cell" not in scrub("poorly differentiated squamous cell carcinoma", LUNG).text
+
+
+# -- leak audit ------------------------------------------------------------------------------------------
+
+
+def _brca_idc_ilc(reports: pd.DataFrame, scrubbed: list[ScrubResult]) -> tuple[list[str], list[str], np.ndarray]:
+    keep = reports["oncotree_code"].isin(["IDC", "ILC"]).to_numpy()
+    raw = [t for t, k in zip(reports["text"], keep) if k]
+    clean = [r.text for r, k in zip(scrubbed, keep) if k]
+    y = (reports["oncotree_code"][keep] == "ILC").astype(int).to_numpy()
+    return raw, clean, y
+
+
+def test_leak_audit_on_scrubbed_real_reports_flags_nothing(
+    reports: pd.DataFrame, scrubbed: list[ScrubResult], tmp_path: Path
+) -> None:
+    _, clean, y = _brca_idc_ilc(reports, scrubbed)
+    assert len(y) > 600 and 100 < y.sum() < 300
+    audit = leak_audit(clean, y, ("IDC", "ILC"), top=25)
+    f = audit.features
+    assert list(f.columns) == ["class", "rank", "feature", "weight", "flagged", "reason"]
+    assert (f.groupby("class").size() == 25).all() and (f["weight"] > 0).all()
+    assert audit.flagged.empty, audit.flagged.to_string()
+    audit.write(tmp_path / "fold0")
+    csv = pd.read_csv(tmp_path / "fold0" / "leak_audit.csv", keep_default_na=False)
+    assert csv["feature"].tolist() == f["feature"].tolist()
+    md = (tmp_path / "fold0" / "leak_audit.md").read_text()
+    assert "Flagged: 0 of 50" in md and f"`{f['feature'][0]}`" in md
+    assert not [p for p in (tmp_path / "fold0").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_leak_audit_flags_planted_leaks() -> None:
+    rng = np.random.default_rng(0)
+    words = "margin tumor size grade node fat skin biopsy stain receptor positive negative focal".split()
+    texts, y = [], np.arange(80) % 2
+    for c in y:
+        body = " ".join(rng.choice(words, 12))
+        texts.append(f"{body} invasive [subtype] 8520/3." if c else f"{body} invasive [subtype], NOS.")
+    audit = leak_audit(texts, y, ("IDC", "ILC"), top=5)
+    flagged = audit.flagged
+    assert set(flagged["class"]) == {"IDC", "ILC"}
+    assert "nos" in flagged.loc[flagged["class"] == "IDC", "feature"].tolist()
+    assert "8520" in flagged.loc[flagged["class"] == "ILC", "feature"].tolist()
+    assert "ICD-O code shape" in audit.to_markdown()
+
+
+def test_leak_audit_flags_unscrubbed_real_reports(reports: pd.DataFrame, scrubbed: list[ScrubResult]) -> None:
+    raw, _, y = _brca_idc_ilc(reports, scrubbed)
+    flagged = leak_audit(raw, y, ("IDC", "ILC"), top=10).flagged
+    assert {"ductal", "lobular"} <= set(flagged["feature"]), flagged.to_string()
+
+
+def test_flag_reason() -> None:
+    for feature in ("8520", "85203", "m8500", "8520 tumor", "nos", "classical type", "classic", "cell carcinoma",
+                    "not otherwise", "subtype carcinoma", "type subtype", "subtype nos", "lobular", "invasive ductal"):
+        assert flag_reason(feature), feature
+    for feature in ("subtype", "grade iii", "cadherin", "pleomorphic", "nuclear pleomorphism", "8.5", "2009", "ki 67",
+                    "invasive subtype", "carcinoma"):
+        assert not flag_reason(feature), feature
+    with pytest.raises(MosareError, match="2 classes"):
+        leak_audit(["a b", "a b"], np.zeros(2, int), ("IDC", "ILC"))
+    with pytest.raises(MosareError, match="vocabulary"):
+        leak_audit(["a b", "c d"], np.array([0, 1]), ("IDC", "ILC"))  # no word of 2+ letters in 2+ texts
+    tiny = leak_audit(["aa bb cc", "aa bb dd", "aa bb cc", "aa bb dd"], np.array([0, 1, 0, 1]), ("x", "y"))
+    assert isinstance(tiny, LeakAudit)
+    by_class = {c: set(g["feature"]) for c, g in tiny.features.groupby("class")}
+    assert by_class == {"x": {"cc", "bb cc"}, "y": {"dd", "bb dd"}}
 
 
 # -- sentence splitting ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import streamlit as st
 
 from dashboard.settings import Settings
 from mosare.errors import MosareError
+from mosare.explain.history import history_figure, history_runs, load_history
 from mosare.explain.scenarios import baseline_table, grid_table, load_metrics, metric_vs_rate_figure
 
 settings = Settings.from_env()
@@ -48,3 +49,10 @@ for name, part in metrics.groupby("experiment", sort=False):
     else:
         st.caption("No ablation runs in this experiment (pick “synthetic demo: MoSARe ablations”, or run "
                    "`mosare experiment --models mosare,mosare-no-moe,mosare-no-cma,mosare-no-align,mosare-no-recon`).")
+    history = load_history(known[name]) if name in known else None
+    if history is not None and not history.empty:
+        with st.expander("Training history (every loss part, validation loss and AUC, learning rate per epoch)"):
+            options = history_runs(history)
+            pick = st.selectbox("Run", options, key=f"sc_hist_{name}",
+                                format_func=lambda s: f"{s[0]} · trained {s[1]}" + (f" at {s[2] * 100:g} %" if s[2] else ""))
+            st.plotly_chart(history_figure(history, *pick), key=f"sc_hist_fig_{name}")

@@ -24,6 +24,9 @@ from mosare.errors import CheckpointError, MosareError
 from mosare.io.atomic import atomic_path, atomic_write_text
 
 FORMAT = "mosare-checkpoint/1"
+# ModelConfig fields added after the first checkpoints were written, with the value those checkpoints were
+# trained with (the paper's choices): a config without the key gets it, so old checkpoints load unchanged.
+LEGACY_DEFAULTS = {"fusion": "sum", "linear_path": False, "rna_sample_norm": True, "input_dropout": 0.0, "linear_l2": 0.0}
 _EXTRA = "extra."
 _SAVE_ID = "mosare_save_id"
 
@@ -92,7 +95,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
     from mosare.model.registry import build_model
 
     try:
-        cfg = from_dict(ModelConfig, meta["config"])
+        cfg = from_dict(ModelConfig, {**LEGACY_DEFAULTS, **meta["config"]})
         model = build_model(meta["model"], cfg)
     except (MosareError, KeyError, TypeError) as err:
         raise CheckpointError(f"{meta_path}: invalid model config ({err})") from None

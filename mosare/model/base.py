@@ -20,6 +20,8 @@ class SubtypingModel(nn.Module):
     requires: tuple[str, ...] = ()
     # modalities the model reads when the cohort has them (others are ignored)
     uses: tuple[str, ...] = ()
+    # learning rate when TrainConfig.lr is None: chosen per model by bench/sweep.py on validation splits
+    default_lr: float = 1e-4
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -40,7 +41,9 @@ class CrossModalAttention(nn.Module):
 
     def forward(self, x: Tensor, present: Tensor, token_mask: Tensor) -> tuple[Tensor, Tensor]:
         b, m, t, h = x.shape
-        q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
+        # one matmul for the three projections (same parameters as three Linear layers)
+        qkv = F.linear(x, torch.cat([self.q.weight, self.k.weight, self.v.weight]), torch.cat([self.q.bias, self.k.bias, self.v.bias]))
+        q, k, v = (self._split(z) for z in qkv.split(h, dim=-1))
         # scores[b, a, c, head, i, j]: token i of modality a against token j of modality c
         scores = torch.einsum("bahid,bchjd->bachij", q, k) / math.sqrt(h // self.heads)
         key_ok = (token_mask & present[:, :, None])[:, None, :, None, None, :]  # over (c, j)
@@ -58,4 +61,4 @@ class CrossModalAttention(nn.Module):
         y = self.norm1(x + self.drop(inter))
         y = self.norm2(y + self.drop(self.ffn(y)))
         y = y * present[:, :, None, None]
-        return y, attn.mean(dim=3)
+        return y, attn.detach().mean(dim=3)  # a map for display: no gradient

@@ -10,9 +10,8 @@ from torch import Tensor, nn
 class SparseMoE(nn.Module):
     """Per-token sparse MoE: z_j = Σ_{k∈S_j} Gate_k(x_j) · EXP_k(x_j), S_j = top-k experts of a softmax gate.
 
-    The kept gate weights are renormalised to sum to 1. Experts are two-layer GELU MLPs whose weights are
-    stacked ([E, H, H]) so all experts run as one batched matmul: with a handful of experts and tokens that
-    is far cheaper than routing tokens or looping over expert modules.
+    The kept gate weights are renormalised to sum to 1. Experts are two-layer GELU MLPs with stacked weights
+    ([E, H, H]); each expert runs only on the tokens routed to it, so a token costs k experts, not E.
 
     forward(x [..., T, H]) -> (z [..., T, H], expert_idx [..., T, k] long, expert_w [..., T, k])
     """
@@ -31,11 +30,17 @@ class SparseMoE(nn.Module):
         probs = torch.softmax(self.gate(x), dim=-1)  # [..., T, E]
         top_w, top_idx = probs.topk(self.top_k, dim=-1)
         top_w = top_w / top_w.sum(dim=-1, keepdim=True)
-        weights = torch.zeros_like(probs).scatter(-1, top_idx, top_w)  # sparse [..., T, E]
         flat = x.reshape(-1, x.shape[-1])  # [N, H]
-        hidden = F.gelu(torch.einsum("nh,ehd->end", flat, self.w1) + self.b1[:, None])  # [E, N, H]
-        expert_out = torch.einsum("end,edh->enh", hidden, self.w2) + self.b2[:, None]  # [E, N, H]
-        z = torch.einsum("ne,enh->nh", weights.reshape(-1, weights.shape[-1]), expert_out)
+        idx, w = top_idx.reshape(-1, self.top_k), top_w.reshape(-1, self.top_k)  # [N, k]
+        z = torch.zeros_like(flat)
+        # unbind once: indexing self.w1[e] per expert would allocate a zero [E, H, H] gradient per expert
+        experts = zip(self.w1.unbind(0), self.b1.unbind(0), self.w2.unbind(0), self.b2.unbind(0))
+        for e, (w1, b1, w2, b2) in enumerate(experts):  # each expert runs only on the tokens routed to it (k of E)
+            rows, slot = (idx == e).nonzero(as_tuple=True)
+            if rows.numel() == 0:
+                continue
+            h = F.gelu(torch.addmm(b1, flat[rows], w1))
+            z = z.index_add(0, rows, torch.addmm(b2, h, w2) * w[rows, slot, None])
         return z.reshape(x.shape), top_idx, top_w
 
 
@@ -44,9 +49,11 @@ class ActivationGate(nn.Module):
 
     The forward value is the hard 0/1 mask of eq. 10. A hard top-k has no gradient, which would leave the
     scoring layer at its random initialisation, so the backward pass uses a straight-through estimator:
-    mask = hard + σ(s) − stopgrad(σ(s)).
+    mask = hard + σ(s) − stopgrad(σ(s)). Only the k kept tokens are returned (gathered, in their original
+    order): the dropped ones are zero and would be masked out of every later layer, so computing on them is
+    waste.
 
-    forward(z [B, C, H]) -> (z_kept [B, C, H], mask [B, C] in {0, 1}, scores [B, C])
+    forward(z [B, C, H]) -> (z_kept [B, k, H], mask [B, C] in {0, 1}, kept_idx [B, k] long)
     """
 
     def __init__(self, dim: int, keep: int) -> None:
@@ -56,7 +63,9 @@ class ActivationGate(nn.Module):
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         scores = self.score(z).squeeze(-1)  # [B, C]
-        hard = torch.zeros_like(scores).scatter(-1, scores.topk(self.keep, dim=-1).indices, 1.0)
+        idx = scores.topk(self.keep, dim=-1).indices.sort(dim=-1).values  # [B, k]
+        hard = torch.zeros_like(scores).scatter(-1, idx, 1.0)
         soft = torch.sigmoid(scores)
         mask = hard + soft - soft.detach()
-        return z * mask.unsqueeze(-1), mask, scores
+        kept = torch.gather(z * mask.unsqueeze(-1), 1, idx[..., None].expand(-1, -1, z.shape[-1]))
+        return kept, mask, idx

@@ -7,7 +7,7 @@ The whole forward pass is in :meth:`MoSARe.forward_features`, top to bottom:
     3. cross-modal attention at both levels over the present modalities                   (eqs. 3–7)
     4. aggregate X^G_agg, X^L_agg = Σ_m                                                    (eq. 8)
     5. decoupled reconstruction fills *missing* modalities only                           (eqs. 11–14)
-    6. final sparse MoE over the 2M completed tokens, summed → X_out                      (§3.4)
+    6. final sparse MoE over the 2M completed tokens, summed (paper) or concatenated → X_out (§3.4)
 
 ``forward_head`` maps X_out to logits; ``loss`` is eq. 20. M is the number of modalities the model was
 built for (``cfg.modalities``); ``batch.present`` is the explicit boolean mask of what each case has.
@@ -15,6 +15,8 @@ Where the paper is silent we follow its text; choices are noted inline and in th
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +70,9 @@ class RNAEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         g, d = cfg.rna_dim, cfg.gene_token_dim
-        self.norm_in = nn.LayerNorm(g, elementwise_affine=False)
+        # per-sample LayerNorm over genes (the authors z-score every input vector over its features); off when the
+        # input is already standardised per gene with training statistics
+        self.norm_in = nn.LayerNorm(g, elementwise_affine=False) if cfg.rna_sample_norm else nn.Identity()
         self.global_mlp = _mlp(g, cfg.hidden, layers=3, dropout=cfg.dropout)
         self.value_dir = nn.Parameter(torch.randn(g, d) * d**-0.5)
         self.gene_embed = nn.Parameter(torch.randn(g, d) * 0.02)
@@ -77,9 +81,16 @@ class RNAEncoder(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         t = self.norm_in(batch.rna)  # [B, G]
-        tokens = t[:, :, None] * self.value_dir + self.gene_embed  # [B, G, d]
-        mask = torch.ones(t.shape, dtype=torch.bool, device=t.device)
-        pooled, attn = self.pool(tokens, mask)  # [B, heads, d], [B, heads, G]
+        pool = self.pool
+        # the pool's first layers are linear in the token t_k u_k + e_k, so V(t_k u_k + e_k) = t_k (V u_k) + V e_k:
+        # [G, a] terms computed once per step instead of a Linear over B·G tokens (same function, far cheaper)
+        # (laid out [B, a, G] so the per-head scores come out as [B, heads, G] without a transpose)
+        v_lin, u_lin = pool.tanh_branch[0], pool.gate_branch[0]
+        a = t[:, None, :] * (v_lin.weight @ self.value_dir.T)[None] + (v_lin.weight @ self.gene_embed.T + v_lin.bias[:, None])
+        b = t[:, None, :] * (u_lin.weight @ self.value_dir.T)[None] + (u_lin.weight @ self.gene_embed.T + u_lin.bias[:, None])
+        logits = pool.score.weight @ (torch.tanh(a) * torch.sigmoid(b)) + pool.score.bias[:, None]  # [B, heads, G]
+        attn = torch.softmax(logits, dim=-1)  # [B, heads, G]: every gene is a real token
+        pooled = (attn * t[:, None, :]) @ self.value_dir + attn @ self.gene_embed  # Σ_k α_jk (t_k u_k + e_k): [B, heads, d]
         local = torch.einsum("bjd,jdh->bjh", pooled, self.head_proj)
         return self.global_mlp(t), local, {"rna_gene": attn}
 
@@ -104,17 +115,25 @@ ENCODERS: dict[str, type[nn.Module]] = {"wsi": SlideEncoder, "rna": RNAEncoder, 
 
 
 class MoSARe(SubtypingModel):
-    """The MoSARe model. ``attention`` in its output holds (M = len(cfg.modalities), C local tokens):
+    """The MoSARe model. ``attention`` in its output holds (M = len(cfg.modalities), C local tokens, k kept):
 
     wsi_patch [B, Nw]            ABMIL attention per patch
     rna_gene [B, 16, G]          attention of each RNA head over genes
     local_cma [B, M, C]          cross-modal attention each local token receives from the other modalities
-    local_pair [B, M, M, C, C]   token-level cross-modal attention, modality a → b
+                                 (0 for tokens the activation gate dropped)
+    local_pair [B, M, M, k, k]   token-level cross-modal attention between kept tokens, modality a → b
+    local_kept_idx [B, M, k]     which of the C local tokens were kept (ascending)
     global_pair [B, M, M]        global cross-modal gate, modality a → b
     local_keep [B, M, C]         activation-gate mask (1 = kept local token)
-    local_experts / local_expert_w [B, M, C, k]   local MoE gate choices
-    final_experts / final_expert_w [B, 2M, k]     final MoE gate choices (tokens: M global then M local)
+    local_experts / local_expert_w [B, M, C, top-k]   local MoE gate choices
+    final_experts / final_expert_w [B, 2M, top-k]     final MoE gate choices (tokens: M global then M local)
     reconstructed [B, M]         True where the modality was missing and reconstructed
+
+    Where the defaults depart from the paper (each a ModelConfig field; ``mosare-paper`` restores the paper):
+    X_out is the LayerNorm of the *concatenated* 2M final tokens (paper: of their sum); a per-modality linear
+    path with a ridge penalty adds W_m x_m to the logits; the expression vector is not LayerNorm'd per sample
+    (it is z-scored per gene with training-fold statistics); feature dropout on the expression and report
+    vectors while training.
     """
 
     name = "mosare"
@@ -134,14 +153,21 @@ class MoSARe(SubtypingModel):
         self.recon_global = DecoupledReconstruction(h, len(mods))
         self.recon_local = DecoupledReconstruction(h, len(mods))
         self.final_moe = SparseMoE(h, cfg.n_experts, cfg.expert_top_k)
-        self.norm_out = nn.LayerNorm(h)
-        self.head = nn.Linear(h, cfg.n_classes)
+        out_dim = h if cfg.fusion == "sum" else 2 * len(mods) * h
+        self.norm_out = nn.LayerNorm(out_dim)
+        self.head = nn.Linear(out_dim, cfg.n_classes)
+        # optional linear path: one logistic regression per modality on its input vector, added to the logits
+        self.linear = nn.ModuleDict({m: nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.dim(m), cfg.n_classes))
+                                     for m in mods}) if cfg.linear_path else None
         self.head_global = nn.ModuleList(nn.Linear(h, cfg.n_classes) for _ in mods)
         self.head_local = nn.ModuleList(nn.Linear(h, cfg.n_classes) for _ in mods)
-        self.prototypes = PrototypeMemory(cfg.n_classes, cfg.prototypes_per_class, h, cfg.prototype_momentum)
+        self.prototypes = PrototypeMemory(cfg.n_classes, cfg.prototypes_per_class, out_dim, cfg.prototype_momentum)
 
     def forward_features(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         cfg = self.cfg
+        if self.training and cfg.input_dropout > 0:  # feature dropout on the expression and report vectors
+            batch = replace(batch, rna=F.dropout(batch.rna, cfg.input_dropout),
+                            rpt_global=F.dropout(batch.rpt_global, cfg.input_dropout))
         present = batch.present[:, self.mod_index]  # [B, M] bool
         pf = present.float()
         attention: dict[str, Tensor] = {}
@@ -156,38 +182,44 @@ class MoSARe(SubtypingModel):
         x_g = torch.stack(glob, 1) * pf[:, :, None]
         x_l = torch.stack(loc, 1) * pf[:, :, None, None]
 
-        # 2. local sparse MoE (eq. 9) and activation gate keeping the top-k tokens (eq. 10)
-        keep = torch.ones(x_l.shape[:3], device=x_l.device)
+        # 2. local sparse MoE (eq. 9) and activation gate keeping the top-k tokens (eq. 10); only kept tokens go on
+        B, M, C = x_l.shape[:3]
         if cfg.use_moe:
-            outs, keeps, experts, expert_w = [], [], [], []
+            outs, keeps, kept_idx, experts, expert_w = [], [], [], [], []
             for i, m in enumerate(cfg.modalities):
                 z, idx, w = self.local_moe[m](x_l[:, i])
-                z, k, _ = self.act_gate[m](z)
+                z, k, kidx = self.act_gate[m](z)
                 outs.append(z)
                 keeps.append(k)
+                kept_idx.append(kidx)
                 experts.append(idx)
                 expert_w.append(w)
-            x_l, keep = torch.stack(outs, 1), torch.stack(keeps, 1)
+            x_l, keep, kept_idx = torch.stack(outs, 1), torch.stack(keeps, 1), torch.stack(kept_idx, 1)  # [B, M, k, H]
             attention["local_experts"], attention["local_expert_w"] = torch.stack(experts, 1), torch.stack(expert_w, 1)
+        else:
+            keep = torch.ones(B, M, C, device=x_l.device)
+            kept_idx = torch.arange(C, device=x_l.device).expand(B, M, C)
         attention["local_keep"] = keep.detach()
-        token_ok = keep.detach() > 0.5  # [B, M, C]
+        token_ok = torch.ones(x_l.shape[:3], dtype=torch.bool, device=x_l.device)  # every kept token is valid
 
         # 3. cross-modal attention over present modalities (eqs. 3–7); identity when switched off
         if cfg.use_cma:
             cma_g, pair_g = self.cma_global(x_g[:, :, None], present, torch.ones_like(present)[:, :, None])
             cma_g = cma_g[:, :, 0]
-            cma_l, pair_l = self.cma_local(x_l, present, token_ok)
+            cma_l, pair_l = self.cma_local(x_l, present, token_ok)  # pair_l [B, a, b, k, k]
             attention["global_pair"] = pair_g[..., 0, 0]
             attention["local_pair"] = pair_l
-            # attention a token receives, averaged over the present querying modalities and their tokens
-            n_query = (token_ok & present[:, :, None]).sum(-1).clamp(min=1)[:, :, None, None]  # [B, a, 1, 1]
-            received = (pair_l.sum(3) / n_query).sum(1)  # [B, c, j]
+            attention["local_kept_idx"] = kept_idx
+            # attention a kept token receives, averaged over the present querying modalities and their tokens,
+            # scattered back to the C local tokens (dropped tokens receive none)
+            received = (pair_l.sum(3) / pair_l.shape[3]).sum(1)  # [B, b, k]
             n_partners = (present.sum(1, keepdim=True) - 1).clamp(min=1)
-            attention["local_cma"] = received / n_partners[:, :, None]
+            attention["local_cma"] = torch.zeros(B, M, C, device=x_l.device).scatter(
+                2, kept_idx, received / n_partners[:, :, None])
         else:
             cma_g, cma_l = x_g, x_l
         # a modality's local vector = mean of its kept tokens (the authors sum them)
-        cma_l_vec = (cma_l * keep[..., None]).sum(2) / keep.sum(2, keepdim=True).clamp(min=1)  # [B, M, H]
+        cma_l_vec = cma_l.mean(2)  # [B, M, H]
 
         # 4. aggregate (eq. 8)
         agg_g, agg_l = cma_g.sum(1), cma_l_vec.sum(1)
@@ -201,12 +233,12 @@ class MoSARe(SubtypingModel):
             final_g, final_l = cma_g, cma_l_vec
         attention["reconstructed"] = ~present if cfg.use_recon else torch.zeros_like(present)
 
-        # 6. final MoE over the 2M completed tokens → X_out
+        # 6. final MoE over the 2M completed tokens → X_out: their sum (paper) or concatenation
         tokens = torch.cat([final_g, final_l], dim=1)  # [B, 2M, H]
         if cfg.use_moe:
             tokens, idx, w = self.final_moe(tokens)
             attention["final_experts"], attention["final_expert_w"] = idx, w
-        x_out = self.norm_out(tokens.sum(1))
+        x_out = self.norm_out(tokens.sum(1) if cfg.fusion == "sum" else tokens.flatten(1))  # [B, H] or [B, 2MH]
 
         aux = {"x_out": x_out, "cma_g": cma_g, "cma_l": cma_l_vec, "agg_g": agg_g, "agg_l": agg_l,
                "rec_g": rec_g, "rec_l": rec_l, "final_g": final_g, "final_l": final_l, "present": present}
@@ -215,9 +247,24 @@ class MoSARe(SubtypingModel):
     def forward_head(self, x_out: Tensor) -> Tensor:
         return self.head(x_out)
 
+    def linear_logits(self, batch: Batch) -> Tensor:
+        """Σ_m present_m · (W_m x_m + b_m) [B, K] over each modality's input vector (mean patch feature, expression,
+        report vector); zero when the linear path is off."""
+        if self.linear is None:
+            return batch.labels.new_zeros((batch.size, self.cfg.n_classes), dtype=torch.float32)
+        out = 0
+        for m in self.cfg.modalities:
+            if m == "wsi":
+                mask = batch.wsi_bag_mask[..., None].float()
+                x = (batch.wsi_bag * mask).sum(1) / mask.sum(1).clamp(min=1)
+            else:
+                x = batch.rna if m == "rna" else batch.rpt_global
+            out = out + self.linear[m](x) * batch.present[:, MODALITIES.index(m), None]
+        return out
+
     def forward(self, batch: Batch) -> ModelOutput:
         x_out, aux, attention = self.forward_features(batch)
-        logits = self.forward_head(x_out)
+        logits = self.forward_head(x_out) + self.linear_logits(batch).to(x_out.dtype)
         return ModelOutput(logits=logits, probs=torch.softmax(logits, -1), aux=aux, attention=attention)
 
     def loss(self, batch: Batch, out: ModelOutput, epoch: int) -> tuple[Tensor, dict[str, float]]:
@@ -228,8 +275,10 @@ class MoSARe(SubtypingModel):
         cls_l = torch.stack([F.cross_entropy(h(a["final_l"][:, i]), y) for i, h in enumerate(self.head_local)]).mean()
         cls = cls_g + cls_l + F.cross_entropy(out.logits, y)
         zero = out.logits.new_zeros(())
-        rec = (DecoupledReconstruction.loss(a["cma_g"], a["rec_g"], present)
-               + DecoupledReconstruction.loss(a["cma_l"], a["rec_l"], present)) if cfg.use_recon else zero
+        # the reconstruction target is the observed token, held fixed (stop-gradient): the decoders learn to
+        # predict it; the encoders are not pulled toward whatever the decoders can produce
+        rec = (DecoupledReconstruction.loss(a["cma_g"].detach(), a["rec_g"], present)
+               + DecoupledReconstruction.loss(a["cma_l"].detach(), a["rec_l"], present)) if cfg.use_recon else zero
         symcl = mcl = zero
         if cfg.use_align and epoch >= self.align_from_epoch:
             terms = [symmetric_contrastive(a[f"cma_{lv}"][:, i], a[f"agg_{lv}"], present[:, i], cfg.symcl_temperature)
@@ -238,6 +287,8 @@ class MoSARe(SubtypingModel):
             mcl = self.prototypes.loss(a["x_out"], y, cfg.mcl_temperature)
         l1, l2, l3, l4 = cfg.lambdas
         total = l1 * symcl + l2 * mcl + l3 * rec + l4 * cls
+        if self.linear is not None and cfg.linear_l2 > 0:  # ridge penalty of the linear path (a logistic regression's L2)
+            total = total + cfg.linear_l2 * sum(lin[1].weight.pow(2).sum() for lin in self.linear.values())
         parts = {"cls": cls, "rec": rec, "symcl": symcl, "mcl": mcl}
         return total, {k: float(v.detach()) for k, v in parts.items()}
 

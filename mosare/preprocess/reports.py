@@ -3,9 +3,9 @@
 The paper (§3.1) removes every mention of the subtype from a report before embedding it, embeds each
 sentence for the local (GMM) tokens and the whole report for the global token. Three pieces:
 
-- :func:`scrub` with :func:`vocabulary_for` removes label words (built-in vocabularies for breast
-  IDC/ILC, lung LUAD/LUSC and kidney KIRC/KIRP/KICH, plus the raw class names) and reports the removed
-  character spans of the original text, so a UI can strike them through.
+- :func:`scrub` with :func:`vocabulary_for` (defined in :mod:`mosare.preprocess.scrub`, re-exported here)
+  replaces each subtype phrase by one neutral placeholder shared by all classes, removes ICD-O morphology
+  codes, and reports the removed character spans of the original text, so a UI can strike them through.
 - :func:`split_sentences` splits real, OCR-noisy reports (numbered items, abbreviations, decimals,
   headings, run-on text).
 - :class:`ReportEmbedder` embeds sentences and the whole report (chunked, see :meth:`ReportEmbedder.embed`)
@@ -22,205 +22,14 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mosare.errors import MosareError
 from mosare.io.atomic import atomic_path
-
-# ---------------------------------------------------------------------------------------------------------
-# Label-leak scrubbing
-# ---------------------------------------------------------------------------------------------------------
-
-# A space inside a term matches any run of whitespace, hyphens or line-break periods ("no special. type").
-_GAP = r"[\s.\-]+"
-
-
-def _one_edit(word: str, exclude: Sequence[str] = ()) -> str:
-    """Regex for the words that start with ``word`` up to one OCR slip (substitution, deletion or
-    insertion), e.g. ``duetal``, ``ducale``, ``cobular``; ``exclude`` lists real words to spare."""
-    alts = {word}
-    for i in range(len(word)):
-        alts.add(word[:i] + r"\w?" + word[i + 1 :])  # substitution or deletion at i
-        alts.add(word[:i] + r"\w" + word[i:])  # insertion before i
-    guard = "".join(f"(?!{e})" for e in exclude)
-    return guard + "(?:" + "|".join(sorted(alts, key=len, reverse=True)) + r")\w*"
-
-
-# Each vocabulary maps a set of class names to regular expressions (case-insensitive, matched on whole
-# words). Stems carry their inflections (``\w*ductal\w*`` covers intraductal, ductale, ductalis). Write
-# optional separators as ``[\s\-]?``: a literal space is rewritten to ``_GAP``.
-_VOCABULARIES: list[tuple[frozenset[str], tuple[str, ...]]] = [
-    (
-        frozenset({"IDC", "ILC", "MDLC"}),
-        (
-            # synoptic template text that comes with IDC ("no special type or not otherwise specified")
-            r"no special type(?: or not otherwise specified)?",
-            r"lobar(?= carcinoma)",  # "lobar carcinoma in situ": a typo for lobular
-            r"\w*ductal\w*",  # ductal, intraductal, periductal, ductale, ductalis
-            r"(?:intra|peri|extra|retro|micro)?duct\w*",  # duct, ducts, ductules, ductectasia (not conducted)
-            r"\w*(?<!gl)obular\w*",  # lobular, intralobular, tubulolobular, OCR "cobular" (not globular)
-            r"\w*(?<!g)lobu\w?ar\w*",  # OCR "lobuar", "lobuiar" (not globular)
-            r"\w*(?<!g)lobul(?:e|es|i|us|orum)",  # lobule(s), Latin lobuli/lobulorum (not lobulated)
-            _one_edit("ductal"),  # OCR: duetal, dectal, ducale, dactal...
-            _one_edit("lobular", exclude=("globul", "lobulat")),
-            r"idcs?",
-            r"ilcs?",
-            r"dcis",
-            r"lcis",
-            r"adh",  # atypical ductal hyperplasia
-            r"alh",  # atypical lobular hyperplasia
-            r"nst",  # invasive carcinoma of no special type
-            r"tdlus?",  # terminal duct lobular unit
-            r"mdlc",
-        ),
-    ),
-    (
-        frozenset({"LUAD", "LUSC"}),
-        (
-            r"non[\s\-]?small cell",  # kept whole so that "small cell" is not left behind
-            r"\w*adeno(?:carcinom|ca\b)\w*",
-            r"\w*squam\w*",  # squamous, adenosquamous, squamoid
-            r"(?:non[\s\-]?)?keratini[sz]\w*",
-            r"keratin pearls?",
-            r"epidermoid",
-            r"\w*acinar\w*",
-            r"bronchiolo[\s\-]?alveolar",
-            r"\w*lepidic\w*",
-            r"micropapillary",
-            r"luad",
-            r"lusc",
-            r"bac",
-            r"sq?cc",
-            r"nsclc",
-        ),
-    ),
-    (
-        frozenset({"KIRC", "KIRP", "KICH", "CCRCC", "PRCC", "CHRCC", "CHRRCC"}),
-        (
-            r"conventional renal cell",
-            r"conventional type",
-            r"papillary type (?:1|2|i{1,2})",
-            r"type (?:1|2|i{1,2}) papillary",
-            r"clear cells?",
-            r"\w*papillary\w*",
-            r"\w*chromophob\w*",
-            r"kirc",
-            r"kirp",
-            r"kich",
-            r"cc[\s\-]?rcc",
-            r"p[\s\-]?rcc",
-            r"chr?[\s\-]?rcc",
-        ),
-    ),
-]
-
-
-def vocabulary_for(classes: Sequence[str]) -> list[str]:
-    """The label-leak regular expressions for a classification task.
-
-    Picks every built-in vocabulary whose class set shares a name with ``classes`` (case-insensitive)
-    and always adds the class names themselves (escaped). Feed the result to :func:`scrub`.
-    """
-    wanted = {c.strip().upper() for c in classes if c and c.strip()}
-    terms: list[str] = []
-    for names, patterns in _VOCABULARIES:
-        if names & wanted:
-            terms.extend(patterns)
-    terms.extend(re.escape(c.strip()) for c in classes if c and c.strip())
-    return list(dict.fromkeys(terms))
-
-
-@dataclass
-class ScrubResult:
-    """A scrubbed text and what was removed.
-
-    ``removed`` holds ``(start, end)`` character spans of the ORIGINAL text, sorted and non-overlapping.
-    """
-
-    text: str
-    removed: list[tuple[int, int]] = field(default_factory=list)
-
-
-_COMPILED: dict[tuple[str, ...], re.Pattern[str]] = {}
-
-
-def _compile_terms(terms: Sequence[str]) -> re.Pattern[str] | None:
-    key = tuple(terms)
-    if key in _COMPILED:
-        return _COMPILED[key]
-    alts = [t.strip() for t in terms if t and t.strip()]
-    if not alts:
-        return None
-    # Multiword terms first, then longer ones: the first alternative that matches wins in a regex.
-    alts.sort(key=lambda t: (-t.count(" "), -len(t)))
-    body = "|".join("(?:" + t.replace(" ", _GAP) + ")" for t in alts)
-    try:
-        pattern = re.compile(r"(?<!\w)(?:" + body + r")(?!\w)", re.IGNORECASE)
-    except re.error as err:
-        raise MosareError(f"invalid label term in the scrub vocabulary: {err}") from None
-    if len(_COMPILED) > 64:
-        _COMPILED.clear()
-    _COMPILED[key] = pattern
-    return pattern
-
-
-def _collapse_ws(text: str) -> str:
-    """Collapse runs of spaces/tabs to one space and trim lines; newlines are kept (the sentence splitter
-    uses them), three or more collapse to a blank line."""
-    text = re.sub(r"[^\S\n]+", " ", text)
-    text = re.sub(r" ?\n ?", "\n", text)
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    return text.strip()
-
-
-def scrub(text: str, terms: Sequence[str]) -> ScrubResult:
-    """Remove label words from a report.
-
-    Args:
-        text: the raw report.
-        terms: regular expressions matched case-insensitively on whole words (plain words are valid
-            patterns; a space matches any run of whitespace, hyphens or line-break periods). Use
-            :func:`vocabulary_for`; multiword terms are tried first.
-
-    Returns:
-        :class:`ScrubResult`: each match replaced by a single space, whitespace collapsed (newlines
-        kept), and the removed spans of the original text.
-    """
-    pattern = _compile_terms(terms)
-    if pattern is None:
-        return ScrubResult(_collapse_ws(text), [])
-    parts: list[str] = []
-    removed: list[tuple[int, int]] = []
-    last = 0
-    capitalise_next = False
-    for m in pattern.finditer(text):
-        if m.end() == m.start():
-            continue
-        kept = text[last : m.start()]
-        if capitalise_next:
-            kept = _capitalise_first(kept)
-        parts.append(kept)
-        parts.append(" ")
-        removed.append((m.start(), m.end()))
-        # A capitalised term that opened a sentence ("Ductal carcinoma in situ ...") passes its capital
-        # on to the next kept word, so the sentence splitter still sees a sentence start.
-        before = text[max(0, m.start() - 20) : m.start()].rstrip(" \t")
-        opens = (m.start() < 20 and not before) or before.endswith((".", "!", "?", ":", "\n"))
-        capitalise_next = m.group(0)[:1].isupper() and (opens or (capitalise_next and not kept.strip()))
-        last = m.end()
-    tail = text[last:]
-    parts.append(_capitalise_first(tail) if capitalise_next else tail)
-    return ScrubResult(_collapse_ws("".join(parts)), removed)
-
-
-def _capitalise_first(s: str) -> str:
-    """Upper-case the first letter of ``s`` if it opens a lower-case word."""
-    m = re.match(r"\s*([a-z])", s)
-    return s if m is None else s[: m.start(1)] + s[m.start(1)].upper() + s[m.start(1) + 1 :]
-
+from mosare.preprocess.scrub import PLACEHOLDER, ScrubResult, scrub, vocabulary_for
 
 # ---------------------------------------------------------------------------------------------------------
 # Sentence splitting
@@ -761,6 +570,7 @@ def _copy(e: ReportEmbedding) -> ReportEmbedding:
 
 
 __all__ = [
+    "PLACEHOLDER",
     "ReportEmbedder",
     "ReportEmbedding",
     "ScrubResult",

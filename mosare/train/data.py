@@ -9,6 +9,7 @@ import torch
 
 from mosare.cohort import Cohort
 from mosare.preprocess.local_tokens import fit_prototypes, gmm_local_tokens
+from mosare.preprocess.text_encoder import TfidfSvdEncoder
 from mosare.types import Batch
 
 
@@ -36,13 +37,22 @@ class FoldFeatures:
     rna_std: np.ndarray
     wsi_mean: np.ndarray | None = None  # [Dw]
     wsi_std: np.ndarray | None = None  # [Dw]
+    rpt_global: np.ndarray | None = None  # [P, Dt] report vectors (fold-fitted text encoder, or the cohort's)
+    rpt_sentences: list[np.ndarray] | None = None  # [S_p, Dt] per patient
+    text: TfidfSvdEncoder | None = None  # the fold-fitted report encoder (None: a sentence model, not fitted)
 
     def extras(self) -> dict[str, np.ndarray]:
         out = {"wsi_prototypes": self.wsi_prototypes, "rpt_prototypes": self.rpt_prototypes,
                "rna_mean": self.rna_mean, "rna_std": self.rna_std}
         if self.wsi_mean is not None and self.wsi_std is not None:
             out |= {"wsi_mean": self.wsi_mean, "wsi_std": self.wsi_std}
+        if self.text is not None:
+            out |= self.text.to_state()[0]
         return out
+
+    def text_meta(self) -> dict | None:
+        """The fitted report encoder's JSON part (vocabulary) for the checkpoint metadata, or None."""
+        return None if self.text is None else self.text.to_state()[1]
 
     def wsi_bag(self, bag: np.ndarray) -> np.ndarray:
         """Patch features [N, Dw] standardised with the fold's statistics."""
@@ -74,11 +84,14 @@ def standardise_rna(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndar
     return np.clip(z, -RNA_CLIP, RNA_CLIP).astype(np.float32)
 
 
-def fit_fold_features(cohort: Cohort, train_idx: np.ndarray, n_local: int, seed: int) -> FoldFeatures:
+def fit_fold_features(cohort: Cohort, train_idx: np.ndarray, n_local: int, seed: int,
+                      visible: np.ndarray | None = None) -> FoldFeatures:
     """K-means prototypes over the *training* patients' items, then a per-item GMM for every patient;
-    RNA statistics from the training patients that have RNA."""
+    RNA statistics from the training patients that have RNA. ``visible`` [P, 3] (default: the natural presence)
+    says which training items may be fitted on: a scenario's masked modalities are not."""
+    seen = cohort.present if visible is None else cohort.present & visible
     P = len(cohort)
-    rna_train = np.clip(cohort.rna[[i for i in train_idx if cohort.present[i, 1]]], -RNA_CLIP, RNA_CLIP)
+    rna_train = np.clip(cohort.rna[[i for i in train_idx if seen[i, 1]]], -RNA_CLIP, RNA_CLIP)
     if cohort.rna.size and len(rna_train):
         mean, std = rna_train.mean(0), rna_train.std(0) + 1e-3
         rna = standardise_rna(cohort.rna, mean, std) * cohort.present[:, 1:2]
@@ -86,8 +99,8 @@ def fit_fold_features(cohort: Cohort, train_idx: np.ndarray, n_local: int, seed:
         mean = std = np.zeros(cohort.rna.shape[1], np.float32)
         rna = cohort.rna
 
-    def one(items: list[np.ndarray], has: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        train_items = [items[i] for i in train_idx if has[i] and len(items[i])]
+    def one(items: list[np.ndarray], has: np.ndarray, dim: int, fit_ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        train_items = [items[i] for i in train_idx if has[i] and fit_ok[i] and len(items[i])]
         if not train_items:
             return np.zeros((P, n_local, dim), np.float32), np.zeros((n_local, dim), np.float32)
         protos = fit_prototypes(train_items, n_components=n_local, seed=seed)
@@ -95,21 +108,28 @@ def fit_fold_features(cohort: Cohort, train_idx: np.ndarray, n_local: int, seed:
         means[~has] = 0.0
         return means.astype(np.float32), protos.astype(np.float32)
 
-    rpt_dim = cohort.rpt_dim if cohort.rpt_global.size else 0
-    rpt, rpt_p = one(cohort.rpt_sentences, cohort.present[:, 2], rpt_dim) if rpt_dim else \
+    rpt_dim = cohort.rpt_dim
+    text, rpt_global, rpt_sentences = None, cohort.rpt_global, cohort.rpt_sentences
+    if rpt_dim and cohort.text_encoder == "tfidf":
+        has = cohort.present[:, 2]
+        text = TfidfSvdEncoder.fit([cohort.rpt_texts[i] for i in train_idx if seen[i, 2]], dim=rpt_dim, seed=seed)
+        rpt_global = text.encode_reports(cohort.rpt_texts) * has[:, None]
+        rpt_sentences = text.encode_sentences([s if h else [] for s, h in zip(cohort.rpt_sentence_texts, has)])
+    rpt, rpt_p = one(rpt_sentences, cohort.present[:, 2], rpt_dim, seen[:, 2]) if rpt_dim else \
         (np.zeros((P, n_local, 0), np.float32), np.zeros((n_local, 0), np.float32))
     wsi_mean = wsi_std = None
     if cohort.wsi_dim:
-        train_bags = [cohort.wsi_bag(i) for i in train_idx if cohort.present[i, 0]]
+        train_bags = [cohort.wsi_bag(i) for i in train_idx if seen[i, 0]]
         if train_bags:
             wsi_mean, wsi_std = wsi_statistics(train_bags, seed)
         bags = [standardise_wsi(cohort.wsi_bag(i), wsi_mean, wsi_std) for i in range(P)]
-        wsi, wsi_p = one(bags, cohort.present[:, 0], cohort.wsi_dim)
+        wsi, wsi_p = one(bags, cohort.present[:, 0], cohort.wsi_dim, seen[:, 0])
     else:
         wsi, wsi_p = np.zeros((P, n_local, 0), np.float32), np.zeros((n_local, 0), np.float32)
     return FoldFeatures(wsi=wsi, rpt=rpt, rna=rna, wsi_prototypes=wsi_p, rpt_prototypes=rpt_p,
                         rna_mean=mean.astype(np.float32), rna_std=std.astype(np.float32),
-                        wsi_mean=wsi_mean, wsi_std=wsi_std)
+                        wsi_mean=wsi_mean, wsi_std=wsi_std, rpt_global=rpt_global, rpt_sentences=rpt_sentences,
+                        text=text)
 
 
 def _pad(bags: list[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,11 +162,11 @@ def make_batch(cohort: Cohort, tokens: FoldFeatures, idx: np.ndarray, present: n
     wsi_bags = [tokens.wsi_bag(_sample(cohort.wsi_bag(int(i)), max_patches, rng)) if cohort.wsi_dim else empty
                 for i in idx]
     wsi_bag, wsi_mask = _pad(wsi_bags, cohort.wsi_dim)
-    rpt_dim = cohort.rpt_dim if cohort.rpt_global.size else 0
-    rpt_bags = [_sample(cohort.rpt_sentences[i], max_sentences, rng) if rpt_dim else empty for i in idx]
+    rpt_dim = cohort.rpt_dim
+    rpt_bags = [_sample(tokens.rpt_sentences[i], max_sentences, rng) if rpt_dim else empty for i in idx]
     rpt_bag, rpt_mask = _pad(rpt_bags, rpt_dim)
     rna = tokens.rna[idx] if tokens.rna.size else np.zeros((len(idx), 0), np.float32)
-    rpt_global = cohort.rpt_global[idx] if rpt_dim else np.zeros((len(idx), 0), np.float32)
+    rpt_global = tokens.rpt_global[idx] if rpt_dim else np.zeros((len(idx), 0), np.float32)
     batch = Batch(
         present=torch.from_numpy(np.ascontiguousarray(present)).bool(),
         labels=torch.from_numpy(cohort.labels[idx]),

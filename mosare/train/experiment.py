@@ -1,24 +1,25 @@
 """``mosare experiment``: every model × scenario × mask rate × fold, with honest model selection.
 
-Per fold: a validation split is carved from the training fold; local-token prototypes are fitted on the
-training fold; each run selects its epoch on validation AUC; the test fold is scored once, afterwards.
+Per fold: a validation split is carved from the training fold; the report encoder, local-token prototypes and
+RNA statistics are fitted on the training fold; each run selects its epoch on validation loss and its decision
+threshold on validation F1; the test fold is scored once, afterwards.
 
-Resumable: after each run's checkpoint ``checkpoints/<model>/<scenario>-<rate>/fold<k>.safetensors`` (+ ``.json``)
-a record ``fold<k>.result.json`` with its metric row and run record is written atomically. Run again into the
-same folder (e.g. after the process was killed), a run whose record, checkpoint and fingerprint (the experiment
-config, the cohort's data, the text model, model/scenario/rate/fold) all match is reused instead of trained.
-metrics.csv, runs.csv and summary.md are written once, at the end.
+Scenarios that train the same model share one run: ``masked-masked`` and ``masked-unmasked`` differ only in
+the test presence mask, so one model trained on the masked training fold (checkpoint ``masked-<rate>``) is
+scored on both. Each run writes ``checkpoints/<model>/<train>-<rate>/fold<k>.safetensors`` (+ ``.json``,
+``.history.csv`` and a result record for resuming, see :mod:`mosare.train.resume`). At the end: metrics.csv,
+subsets.csv (AUC per modality subset of the test cases), runs.csv, history.csv and summary.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import multiprocessing as mp
-import sys
 import queue as queue_mod
+import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -28,194 +29,135 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from mosare import MODALITIES
 from mosare.cohort import Cohort
 from mosare.config import ExperimentConfig, ModelConfig, to_dict
 from mosare.io.atomic import atomic_write_text
-from mosare.errors import CheckpointError
-from mosare.io.checkpoint import read_checkpoint_meta, save_checkpoint
+from mosare.io.checkpoint import save_checkpoint
 from mosare.model.registry import applicability, build_model
-from mosare.train.data import fit_fold_features
+from mosare.preprocess.leak_audit import leak_audit
+from mosare.train.data import FoldFeatures, fit_fold_features
 from mosare.train.loop import fit, predict_probs, resolve_device
-from mosare.train.metrics import classification_metrics
+from mosare.train.metrics import choose_threshold, classification_metrics, subset_aucs
+from mosare.train.resume import (RESULT_FORMAT, checkpoint_stem, cohort_fingerprint, drop_result, load_result,
+                                 run_fingerprint, write_result)
 from mosare.train.splits import make_scenario, patient_folds, train_val_split
+from mosare.train.summary import summarise
 
 log = logging.getLogger(__name__)
 METRIC_COLUMNS = ["model", "scenario", "mask_rate", "fold", "auc", "f1", "acc"]
-RESULT_FORMAT = "mosare-run-result/1"
+SUBSET_COLUMNS = ["model", "scenario", "mask_rate", "fold", "subset", "n", "auc"]
+TRAINING = {"complete": "complete", "masked-masked": "masked", "masked-unmasked": "masked", "removed-unmasked": "removed"}
 
 
 def model_config_for(cohort: Cohort, base: ModelConfig) -> ModelConfig:
     """The model config with the cohort's modalities, input sizes and number of classes."""
     return replace(base, modalities=cohort.modalities, n_classes=len(cohort.classes),
                    wsi_dim=cohort.wsi_dim or base.wsi_dim, rna_dim=cohort.rna_dim or base.rna_dim,
-                   rpt_dim=cohort.rpt_dim if cohort.rpt_global.size else base.rpt_dim)
+                   rpt_dim=cohort.rpt_dim or base.rpt_dim)
 
 
-def scenario_grid(cfg: ExperimentConfig) -> list[tuple[str, float]]:
-    return [(s, 0.0) if s == "complete" else (s, r) for s in cfg.scenarios for r in (cfg.mask_rates if s != "complete" else [0.0])]
+def training_grid(cfg: ExperimentConfig) -> list[tuple[str, float, tuple[str, ...]]]:
+    """(training setting, mask rate, the requested scenarios it serves): one run per entry per model and fold."""
+    grid: dict[tuple[str, float], list[str]] = {}
+    for s in cfg.scenarios:
+        for r in (cfg.mask_rates if s != "complete" else [0.0]):
+            grid.setdefault((TRAINING[s], 0.0 if s == "complete" else r), []).append(s)
+    return [(t, r, tuple(ss)) for (t, r), ss in grid.items()]
 
 
 class _Fold:
-    """One fold's validation split (at once) and its fitted features (``tokens``: on first use only, so a
-    fold whose runs are all resumed fits nothing)."""
+    """One fold's validation split, and the features fitted on its training split for a training setting
+    (computed on first use and kept for the next run of the same setting; a fold whose runs are all resumed fits
+    nothing). Fitted on the training split only — the validation split must stand to the features as the test
+    fold does (a TF-IDF → SVD basis fitted with the validation reports gives them components no training case
+    has) — and on what the setting lets training see: a masked modality is not fitted on."""
 
     def __init__(self, cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: int, train_all: np.ndarray):
         self.train_idx, self.val_idx = train_val_split(train_all, cohort.labels, cfg.train.val_fraction, cfg.seed + k)
-        self._args = (cohort, train_all, mcfg.n_local, cfg.seed + k)
-        self._tokens = None
+        self._args = (cohort, self.train_idx, mcfg.n_local, cfg.seed + k)
+        self._cache: tuple[str, FoldFeatures] | None = None
 
-    @property
-    def tokens(self):
-        if self._tokens is None:
-            self._tokens = fit_fold_features(*self._args)
-        return self._tokens
-
-
-def _prepare_fold(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: int, train_all: np.ndarray) -> _Fold:
-    """Validation split of the training fold and the features fitted on the training fold (lazily)."""
-    return _Fold(cohort, cfg, mcfg, k, train_all)
+    def tokens(self, key: str, visible: np.ndarray) -> FoldFeatures:
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, fit_fold_features(*self._args, visible=visible))
+        return self._cache[1]
 
 
-# ----------------------------------------------------------------------------------------------- resuming
-
-
-def _digest(h, value) -> None:
-    """Feed ``value`` (arrays, paths, containers, dataclasses, scalars) into hash ``h``, type-tagged."""
-    if isinstance(value, np.ndarray) and value.dtype.kind in "OUSV":
-        _digest(h, [value.shape, value.tolist()])
-    elif isinstance(value, np.ndarray):
-        arr = np.ascontiguousarray(value)
-        h.update(f"nd{arr.dtype.str}{arr.shape}".encode())
-        h.update(memoryview(arr.reshape(-1).view(np.uint8)))
-    elif isinstance(value, Path):  # a feature file: by name, size and modification time (not read)
-        try:
-            st = value.stat()
-            h.update(f"path{value}|{st.st_size}|{st.st_mtime_ns}".encode())
-        except OSError:
-            h.update(f"path{value}|missing".encode())
-    elif isinstance(value, (list, tuple)):
-        h.update(f"seq{len(value)}[".encode())
-        for v in value:
-            _digest(h, v)
-        h.update(b"]")
-    elif isinstance(value, dict):
-        h.update(f"map{len(value)}{{".encode())
-        for k in sorted(value, key=str):
-            _digest(h, str(k))
-            _digest(h, value[k])
-        h.update(b"}")
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        _digest(h, {f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
-    else:
-        h.update(f"{type(value).__name__}:{value!r}\0".encode())
-
-
-def cohort_fingerprint(cohort: Cohort) -> str:
-    """sha256 of the cohort's data: ids, labels, masks, RNA, report embeddings, slide feature files (stat)."""
-    h = hashlib.sha256()
-    _digest(h, cohort)
-    return h.hexdigest()
-
-
-def run_fingerprint(base: str, name: str, scenario: str, rate: float, k: int) -> str:
-    return hashlib.sha256(json.dumps([base, name, scenario, float(rate), int(k)]).encode()).hexdigest()
-
-
-def checkpoint_stem(out: Path, name: str, scenario: str, rate: float, k: int) -> Path:
-    return out / "checkpoints" / name / f"{scenario}-{rate:g}" / f"fold{k}"
-
-
-def result_path(stem: Path) -> Path:
-    return stem.with_name(stem.name + ".result.json")
-
-
-def _json_default(obj):
-    return obj.item() if isinstance(obj, np.generic) else str(obj)
-
-
-def _load_result(stem: Path, fingerprint: str) -> tuple[dict, dict] | None:
-    """(metric row, run record) of a finished run with this fingerprint, or None if it must be (re)done."""
-    rec_path = result_path(stem)
-    if not rec_path.is_file():
-        return None
-    try:
-        rec = json.loads(rec_path.read_text(encoding="utf-8"))
-        meta, _ = read_checkpoint_meta(stem.with_suffix(".safetensors"))
-    except (OSError, ValueError, CheckpointError) as err:
-        log.info("%s: not reused (%s)", rec_path, err)
-        return None
-    if (not isinstance(rec, dict) or rec.get("format") != RESULT_FORMAT or rec.get("fingerprint") != fingerprint
-            or meta.get("run_fingerprint") != fingerprint or rec.get("save_id") != meta.get("save_id")
-            or not isinstance(rec.get("row"), dict) or not isinstance(rec.get("run"), dict)):
-        return None
-    return rec["row"], rec["run"]
-
-
-def _drop_result(stem: Path) -> None:
-    """Remove a run's record before the run is redone: a record only ever sits next to its own checkpoint."""
-    try:
-        result_path(stem).unlink()
-    except FileNotFoundError:
-        pass
+def _subset_name(present: np.ndarray, mods: tuple[str, ...]) -> str:
+    return "+".join(m for m in mods if present[MODALITIES.index(m)]) or "none"
 
 
 def _run_setting(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: int, fold: _Fold, test_idx: np.ndarray,
-                 scenario: str, rate: float, out: Path, text_model: str, device: torch.device,
-                 reasons: dict[str, str | None], on_run_done=None, progress: bool = False,
-                 base_fingerprint: str | None = None) -> tuple[list[dict], list[dict], int]:
-    """Every model for one (fold, scenario, mask rate). Returns (metric rows, run records, runs resumed).
-
-    With ``base_fingerprint``, a run finished before with the same fingerprint is reused, not trained."""
-    rows, runs, resumed = [], [], 0
-    split = make_scenario(scenario, rate, cohort.present, cohort.labels, fold.train_idx, fold.val_idx, test_idx,
-                          seed=cfg.seed * 1000 + k * 10 + int(round(rate * 100)))
+                 training: str, rate: float, scenarios: tuple[str, ...], out: Path, text_model: str,
+                 device: torch.device, reasons: dict[str, str | None], on_run_done=None, progress: bool = False,
+                 base_fingerprint: str | None = None) -> dict:
+    """Every model for one (fold, training setting, mask rate); each trained model is scored on the test
+    presence of every scenario it serves. Returns {"rows", "runs", "subsets", "history", "resumed"}."""
+    acc = {"rows": [], "runs": [], "subsets": [], "history": [], "resumed": 0}
+    seed = cfg.seed * 1000 + k * 10 + int(round(rate * 100))
+    splits = {s: make_scenario(s, rate, cohort.present, cohort.labels, fold.train_idx, fold.val_idx, test_idx, seed)
+              for s in scenarios}
+    split = splits[scenarios[0]]  # the same training masks for every scenario of this setting (same seed)
     for name in cfg.models:
         reason = reasons[name] or split.not_applicable
-        row = {"model": name, "scenario": scenario, "mask_rate": rate, "fold": k}
+        base = {"model": name, "mask_rate": rate, "fold": k}
         if reason:
-            rows.append({**row, "auc": np.nan, "f1": np.nan, "acc": np.nan})
-            runs.append({**row, "status": f"NA: {reason}"})
+            for s in scenarios:
+                acc["rows"].append({**base, "scenario": s, "auc": np.nan, "f1": np.nan, "acc": np.nan})
+                acc["runs"].append({**base, "scenario": s, "status": f"NA: {reason}"})
             if reasons[name] is None and on_run_done:
-                on_run_done(f"fold {k} {scenario} {rate:g} {name}: NA")
+                on_run_done(f"fold {k} {training} {rate:g} {name}: NA")
             continue
-        stem = checkpoint_stem(out, name, scenario, rate, k)
-        fingerprint = None if base_fingerprint is None else run_fingerprint(base_fingerprint, name, scenario, rate, k)
-        done = None if fingerprint is None else _load_result(stem, fingerprint)
+        stem = checkpoint_stem(out, name, training, rate, k)
+        fingerprint = None if base_fingerprint is None else run_fingerprint(base_fingerprint, name, training, rate, k)
+        done = None if fingerprint is None else load_result(stem, fingerprint)
         if done is not None:
-            rows.append(done[0])
-            runs.append(done[1])
-            resumed += 1
+            for key in ("rows", "runs", "subsets"):
+                acc[key] += done[key]
+            acc["resumed"] += 1
             if on_run_done:
-                on_run_done(f"fold {k} {scenario} {rate:g} {name}: resumed")
+                on_run_done(f"fold {k} {training} {rate:g} {name}: resumed")
             continue
-        _drop_result(stem)
-        tokens = fold.tokens
+        drop_result(stem)
+        tokens = fold.tokens(f"{training}-{rate:g}", split.present)
         torch.manual_seed(cfg.seed + k)
         model = build_model(name, mcfg)
         tcfg = replace(cfg.train, seed=cfg.seed + k)
         res = fit(model, cohort, tokens, split.train_idx, split.val_idx, split.present, tcfg, device,
-                  desc=f"{name} {scenario} {rate:g} f{k}", progress=progress)
-        probs = predict_probs(model, cohort, tokens, test_idx, split.test_present, device)
-        metrics = classification_metrics(cohort.labels[test_idx], probs)
-        metric_row = {**row, **metrics}
-        run = {**row, "status": "ok", "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
-               "val_auc": res.best_val_auc, "n_train": len(split.train_idx), "seconds": round(res.seconds, 2)}
-        rows.append(metric_row)
-        runs.append(run)
+                  desc=f"{name} {training} {rate:g} f{k}", progress=progress)
+        y_val = cohort.labels[split.val_idx]
+        threshold = choose_threshold(y_val, predict_probs(model, cohort, tokens, split.val_idx, split.present, device))
+        rows, runs, subsets = [], [], []
+        for s in scenarios:
+            test_present = splits[s].test_present
+            probs = predict_probs(model, cohort, tokens, test_idx, test_present, device)
+            metrics = classification_metrics(cohort.labels[test_idx], probs, threshold)
+            rows.append({**base, "scenario": s, **metrics})
+            names = [_subset_name(p, cohort.modalities) for p in test_present[test_idx]]
+            subsets += [{**base, "scenario": s, **r} for r in subset_aucs(cohort.labels[test_idx], probs, names)]
+            runs.append({**base, "scenario": s, "status": "ok", "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
+                         "val_loss": round(res.best_val_loss, 4), "val_auc": res.best_val_auc, "threshold": threshold,
+                         "n_train": len(split.train_idx), "seconds": round(res.seconds, 2),
+                         "checkpoint": str(stem.relative_to(out))})
         meta = {"classes": list(cohort.classes), "genes": cohort.genes, "text_model": text_model,
-                "fold": k, "scenario": scenario, "mask_rate": rate, "best_epoch": res.best_epoch,
-                "test_metrics": metrics, "train": to_dict(tcfg)}
+                "fold": k, "training": training, "scenarios": list(scenarios), "mask_rate": rate,
+                "best_epoch": res.best_epoch, "threshold": threshold, "test_metrics": rows, "train": to_dict(tcfg)}
+        if tokens.text_meta() is not None:
+            meta["text_encoder"] = tokens.text_meta()
         if fingerprint is not None:
             meta["run_fingerprint"] = fingerprint
         save_checkpoint(stem, model, name, mcfg, meta=meta, extras=tokens.extras())
+        history = pd.DataFrame(res.history)
+        atomic_write_text(stem.with_name(stem.name + ".history.csv"), history.to_csv(index=False, float_format="%.5g"))
         if fingerprint is not None:  # after the checkpoint: a record means the run is complete on disk
-            save_id = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8")).get("save_id")
-            record = {"format": RESULT_FORMAT, "fingerprint": fingerprint, "save_id": save_id,
-                      "row": metric_row, "run": run}
-            atomic_write_text(result_path(stem), json.dumps(record, indent=1, default=_json_default))
+            write_result(stem, fingerprint, rows, runs, subsets)
+        acc["rows"] += rows
+        acc["runs"] += runs
+        acc["subsets"] += subsets
         if on_run_done:
-            on_run_done(f"fold {k} {scenario} {rate:g} {name}: AUC {metrics['auc']:.1f}")
-    return rows, runs, resumed
+            on_run_done(f"fold {k} {training} {rate:g} {name}: AUC " + "/".join(f"{r['auc']:.1f}" for r in rows))
+    return acc
 
 
 # State of a worker process, set once by its initializer (the cohort is sent once, not with every task).
@@ -227,13 +169,13 @@ def _worker_init(threads: int, shared: dict) -> None:
     _WORKER.update(shared, fold_cache={})
 
 
-def _setting_in_worker(k: int, scenario: str, rate: float, device: torch.device) -> tuple[list[dict], list[dict], int]:
+def _setting_in_worker(k: int, training: str, rate: float, scenarios: tuple[str, ...], device: torch.device) -> dict:
     w = _WORKER
     train_all, test_idx = w["folds"][k]
     if k not in w["fold_cache"]:
-        w["fold_cache"] = {k: _prepare_fold(w["cohort"], w["cfg"], w["mcfg"], k, train_all)}  # keep one fold
-    return _run_setting(w["cohort"], w["cfg"], w["mcfg"], k, w["fold_cache"][k], test_idx, scenario, rate, w["out"],
-                        w["text_model"], device, w["reasons"], on_run_done=w["queue"].put,
+        w["fold_cache"] = {k: _Fold(w["cohort"], w["cfg"], w["mcfg"], k, train_all)}  # keep one fold
+    return _run_setting(w["cohort"], w["cfg"], w["mcfg"], k, w["fold_cache"][k], test_idx, training, rate, scenarios,
+                        w["out"], w["text_model"], device, w["reasons"], on_run_done=w["queue"].put,
                         base_fingerprint=w["base_fingerprint"])
 
 
@@ -245,18 +187,36 @@ def worker_devices(device: torch.device, workers: int) -> list[torch.device]:
     return [torch.device(f"cuda:{i % n}") for i in range(workers)]
 
 
+def audit_reports(cohort: Cohort, folds: list, out: Path) -> int:
+    """Leak audit of each training fold's scrubbed reports (TF-IDF + logistic regression, strongest features per
+    class, codes and scrub fragments flagged) into ``out/leak_audit/fold<k>``; returns the number flagged."""
+    if not cohort.has_reports:
+        return 0
+    flagged = 0
+    for k, (train_all, _) in enumerate(folds):
+        idx = [i for i in train_all if cohort.present[i, 2]]
+        if len(set(cohort.labels[idx])) < 2:
+            continue
+        audit = leak_audit([cohort.rpt_texts[i] for i in idx], cohort.labels[idx], cohort.classes, seed=k)
+        audit.write(out / "leak_audit" / f"fold{k}")
+        flagged += len(audit.flagged)
+    return flagged
+
+
 def run_experiment(cohort: Cohort, cfg: ExperimentConfig, out_dir: str | Path, *, text_model: str = "",
                    workers: int = 1, progress: bool = True, resume: bool = True) -> pd.DataFrame:
-    """Run the grid, write metrics.csv, runs.csv, summary.md and checkpoints under ``out_dir``.
+    """Run the grid, write metrics.csv, subsets.csv, runs.csv, history.csv, summary.md and checkpoints.
 
-    ``workers`` > 1 runs (fold, scenario) tasks in parallel processes, each with its share of the CPU threads
-    or its own GPU (round-robin over the visible GPUs). With ``resume`` (the default) runs finished by an
-    earlier, interrupted call into the same ``out_dir`` with the same config and data are reused; the number
+    ``workers`` > 1 runs (fold, training setting) tasks in parallel processes, each with its share of the CPU
+    threads or its own GPU (round-robin over the visible GPUs). With ``resume`` (the default) runs finished by
+    an earlier, interrupted call into the same ``out_dir`` with the same config and data are reused; the number
     reused is printed and kept in ``metrics.attrs["resumed"]``.
     """
+    start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.train.device)
+    cfg = replace(cfg, text_encoder=cohort.text_encoder)  # the cohort's reports were prepared for this encoder
     mcfg = model_config_for(cohort, cfg.model)
     config_text = json.dumps(to_dict(replace(cfg, model=mcfg)), indent=1)
     atomic_write_text(out / "config.json", config_text)
@@ -265,26 +225,30 @@ def run_experiment(cohort: Cohort, cfg: ExperimentConfig, out_dir: str | Path, *
         base_fingerprint = hashlib.sha256(json.dumps(
             [RESULT_FORMAT, config_text, cohort_fingerprint(cohort), text_model]).encode()).hexdigest()
     folds = patient_folds(cohort.labels, cfg.folds, cfg.seed)
+    n_flagged = audit_reports(cohort, folds, out)
+    if n_flagged:
+        print(f"leak audit: {n_flagged} flagged report feature(s) (codes or scrub fragments) among the strongest "
+              f"per class; see {out / 'leak_audit'}", file=sys.stderr)
     reasons = {m: applicability(m, cohort.modalities) for m in cfg.models}
-    n_runs = len(folds) * len(scenario_grid(cfg)) * sum(r is None for r in reasons.values())
+    grid = training_grid(cfg)
+    n_runs = len(folds) * len(grid) * sum(r is None for r in reasons.values())
     bar = tqdm(total=n_runs, desc="experiment", unit="run", disable=not progress)
 
     def done(msg: str) -> None:
         bar.set_postfix_str(msg, refresh=False)
         bar.update(1)
 
-    grid = scenario_grid(cfg)
-    tasks = [(k, scenario, rate) for k in range(len(folds)) for scenario, rate in grid]
-    results: list[tuple[list[dict], list[dict], int]] = []
+    tasks = [(k, training, rate, scen) for k in range(len(folds)) for training, rate, scen in grid]
+    results: list[dict] = []
     workers = max(1, min(workers, len(tasks)))
     if workers == 1:
         for k, (train_all, test_idx) in enumerate(folds):
-            fold = _prepare_fold(cohort, cfg, mcfg, k, train_all)
-            for scenario, rate in grid:
-                results.append(_run_setting(cohort, cfg, mcfg, k, fold, test_idx, scenario, rate, out, text_model,
+            fold = _Fold(cohort, cfg, mcfg, k, train_all)
+            for training, rate, scen in grid:
+                results.append(_run_setting(cohort, cfg, mcfg, k, fold, test_idx, training, rate, scen, out, text_model,
                                             device, reasons, on_run_done=done, progress=progress,
                                             base_fingerprint=base_fingerprint))
-    else:  # (fold, scenario) tasks over worker processes: balanced even when folds don't divide evenly
+    else:  # (fold, training setting) tasks over worker processes: balanced even when folds don't divide evenly
         ctx = mp.get_context("spawn")
         devices = worker_devices(device, workers)
         threads = max(1, torch.get_num_threads() // workers) if device.type == "cpu" else 1
@@ -295,8 +259,8 @@ def run_experiment(cohort: Cohort, cfg: ExperimentConfig, out_dir: str | Path, *
                       "base_fingerprint": base_fingerprint}
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
                                      initargs=(threads, shared)) as pool:
-                futures = [pool.submit(_setting_in_worker, k, scenario, rate, devices[i % workers])
-                           for i, (k, scenario, rate) in enumerate(tasks)]
+                futures = [pool.submit(_setting_in_worker, k, training, rate, scen, devices[i % workers])
+                           for i, (k, training, rate, scen) in enumerate(tasks)]
                 while not all(f.done() for f in futures):
                     try:
                         done(queue.get(timeout=0.5))
@@ -306,18 +270,44 @@ def run_experiment(cohort: Cohort, cfg: ExperimentConfig, out_dir: str | Path, *
                     done(queue.get())
                 results = [f.result() for f in futures]
     bar.close()
-    rows = [r for fold_rows, _, _ in results for r in fold_rows]
-    runs = [r for _, fold_runs, _ in results for r in fold_runs]
-    resumed = sum(n for _, _, n in results)
+    resumed = sum(r["resumed"] for r in results)
     if resumed:
         msg = f"resumed {resumed} of {n_runs} runs finished earlier in {out} (same config and data); trained {n_runs - resumed}"
         log.info(msg)
         print(msg, file=sys.stderr)
-    metrics_df = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    order = {s: i for i, s in enumerate(cfg.scenarios)}
+    rank = lambda df: df.sort_values(["fold", "mask_rate"], kind="stable").sort_values(  # noqa: E731
+        "scenario", key=lambda s: s.map(order), kind="stable") if len(df) else df
+    metrics_df = rank(pd.DataFrame([r for x in results for r in x["rows"]], columns=METRIC_COLUMNS))
+    subsets_df = rank(pd.DataFrame([r for x in results for r in x["subsets"]], columns=SUBSET_COLUMNS))
+    runs_df = pd.DataFrame([r for x in results for r in x["runs"]])
     atomic_write_text(out / "metrics.csv", metrics_df.to_csv(index=False, float_format="%.2f", na_rep="NA"))
-    atomic_write_text(out / "runs.csv", pd.DataFrame(runs).to_csv(index=False))
-    from mosare.train.summary import summarise
-
-    atomic_write_text(out / "summary.md", summarise(metrics_df, {m: r for m, r in reasons.items() if r}))
+    atomic_write_text(out / "subsets.csv", subsets_df.to_csv(index=False, float_format="%.2f", na_rep="NA"))
+    atomic_write_text(out / "runs.csv", runs_df.to_csv(index=False))
+    write_history(out, runs_df)
+    seconds = time.perf_counter() - start
+    atomic_write_text(out / "timing.json", json.dumps({"wall_seconds": round(seconds, 1), "runs": n_runs,
+                                                       "resumed": resumed, "workers": workers, "device": str(device),
+                                                       "threads": torch.get_num_threads()}, indent=1))
+    atomic_write_text(out / "summary.md", summarise(metrics_df, {m: r for m, r in reasons.items() if r}, subsets_df))
     metrics_df.attrs["resumed"] = resumed
     return metrics_df
+
+
+def write_history(out: Path, runs: pd.DataFrame) -> None:
+    """history.csv: every run's per-epoch history (loss parts, validation loss/AUC, lr), one row per epoch."""
+    if runs.empty or "checkpoint" not in runs:
+        return
+    frames = []
+    for _, r in runs.dropna(subset=["checkpoint"]).drop_duplicates("checkpoint").iterrows():
+        path = out / (str(r["checkpoint"]) + ".history.csv")
+        if path.is_file():
+            h = pd.read_csv(path)
+            stem = Path(str(r["checkpoint"]))
+            h.insert(0, "fold", int(r["fold"]))
+            h.insert(0, "mask_rate", r["mask_rate"])
+            h.insert(0, "training", stem.parent.name.rsplit("-", 1)[0])
+            h.insert(0, "model", r["model"])
+            frames.append(h)
+    if frames:
+        atomic_write_text(out / "history.csv", pd.concat(frames).to_csv(index=False, float_format="%.5g"))

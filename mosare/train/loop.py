@@ -1,12 +1,15 @@
 """One training run: fit on the training split, select the epoch on the validation split, never the test fold.
 
 ``fit`` receives only training and validation indices; the test fold is scored afterwards with
-``predict_probs`` on the selected weights.
+``predict_probs`` on the selected weights. AdamW, linear warm-up then cosine decay (per step), selection on
+validation loss; every epoch's loss parts, validation metrics and learning rate go to ``FitResult.history``.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -19,7 +22,9 @@ from mosare.config import TrainConfig
 from mosare.errors import MosareError
 from mosare.model.base import SubtypingModel
 from mosare.train.data import FoldFeatures, make_batch
-from mosare.train.metrics import auc
+from mosare.train.metrics import auc, calibrated_nll
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,12 +42,13 @@ class FitResult:
     epochs_run: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    best_val_loss: float = float("nan")
 
 
 @torch.no_grad()
 def predict_probs(model: SubtypingModel, cohort: Cohort, tokens: FoldFeatures, idx: np.ndarray, present: np.ndarray,
-                  device: torch.device, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities [len(idx), K] using every patch (no sampling)."""
+                  device: torch.device, batch_size: int = 128) -> np.ndarray:
+    """Class probabilities [len(idx), K] using every patch and sentence (no sampling)."""
     model.eval()
     out = []
     for s in range(0, len(idx), batch_size):
@@ -52,49 +58,86 @@ def predict_probs(model: SubtypingModel, cohort: Cohort, tokens: FoldFeatures, i
     return np.concatenate(out) if out else np.zeros((0, len(cohort.classes)), np.float32)
 
 
+def warmup_cosine(warmup_steps: int, total_steps: int):
+    """LambdaLR factor: linear from 1/warmup to 1 over ``warmup_steps``, then cosine to 0 at ``total_steps``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def check_align_warmup(cfg: TrainConfig, model: SubtypingModel) -> int:
+    """The epoch at which the aligning losses start; warns when that is never reached."""
+    start = cfg.align_epoch
+    if getattr(model, "cfg", None) is not None and getattr(model.cfg, "use_align", False) and start >= cfg.epochs:
+        log.warning("align_warmup puts the aligning losses at epoch %d of a %d-epoch run: SymCL and MCL will never "
+                    "run (this trains the no-align ablation); lower align_warmup or raise epochs", start, cfg.epochs)
+    return start
+
+
 def fit(model: SubtypingModel, cohort: Cohort, tokens: FoldFeatures, train_idx: np.ndarray, val_idx: np.ndarray,
         present: np.ndarray, cfg: TrainConfig, device: torch.device, desc: str = "train",
         progress: bool = True) -> FitResult:
-    """Adam on the training split; keeps the weights of the epoch with the best validation AUC (ties: lower
-    validation loss) and stops after ``cfg.patience`` epochs without improvement. Loads those weights."""
+    """AdamW with warm-up + cosine decay on the training split; keeps the weights of the epoch with the lowest
+    validation loss and stops after ``cfg.patience`` epochs without a new lowest. Loads those weights.
+
+    The validation loss is the temperature-scaled cross-entropy (:func:`calibrated_nll`): every validation case
+    counts, and over-confidence, which a temperature removes, does not decide the epoch."""
     start = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     model.to(device)
     if hasattr(model, "align_from_epoch"):
-        model.align_from_epoch = cfg.align_warmup
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    best = (-np.inf, np.inf)
-    best_state, best_epoch, history = copy.deepcopy(model.state_dict()), -1, []
+        model.align_from_epoch = check_align_warmup(cfg, model)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    lr = cfg.lr if cfg.lr is not None else model.default_lr
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, fused=device.type in ("cpu", "cuda"))
+    n_batches = sum(1 for s in range(0, len(train_idx), cfg.batch_size) if len(train_idx[s: s + cfg.batch_size]) >= 2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_epochs * n_batches, cfg.epochs * n_batches))
+    y_val = cohort.labels[val_idx]
+    best_loss, best_auc, best_epoch = np.inf, float("nan"), -1
+    best_state, history = copy.deepcopy(model.state_dict()), []
     bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False, unit="ep")
     for epoch in bar:
         model.train()
+        t0 = time.perf_counter()
         order = rng.permutation(train_idx)
-        losses = []
+        parts: dict[str, list[float]] = {}
+        lr = opt.param_groups[0]["lr"]
         for s in range(0, len(order), cfg.batch_size):
             part = order[s: s + cfg.batch_size]
             if len(part) < 2:  # a single case breaks in-batch contrastive terms and LayerNorm statistics
                 continue
             batch = make_batch(cohort, tokens, part, present[part], cfg.max_patches, rng, cfg.max_sentences).to(device)
             out = model(batch)
-            loss, _ = model.loss(batch, out, epoch)
+            loss, loss_parts = model.loss(batch, out, epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             model.on_batch_end(batch, out, epoch)
-            losses.append(float(loss.detach()))
+            for k, v in {"loss": float(loss.detach()), **loss_parts}.items():
+                parts.setdefault(k, []).append(v)
+        train_s = time.perf_counter() - t0
         val_probs = predict_probs(model, cohort, tokens, val_idx, present, device)
-        y_val = cohort.labels[val_idx]
         val_auc = auc(y_val, val_probs)
-        val_auc = -np.inf if np.isnan(val_auc) else val_auc
-        val_loss = float(-np.log(np.clip(val_probs[np.arange(len(y_val)), y_val], 1e-8, 1)).mean())
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                        "val_auc": val_auc, "val_loss": val_loss})
-        if (val_auc, -val_loss) > (best[0], -best[1]):
-            best, best_epoch = (val_auc, val_loss), epoch
+        val_nll = float(-np.log(np.clip(val_probs[np.arange(len(y_val)), y_val], 1e-8, 1)).mean())
+        val_loss, val_t = calibrated_nll(y_val, val_probs)
+        row = {"epoch": epoch, "lr": lr, **{f"train_{k}": float(np.mean(v)) for k, v in parts.items()},
+               "val_loss": val_loss, "val_temperature": val_t, "val_nll": val_nll, "val_auc": val_auc,
+               "seconds": time.perf_counter() - t0,
+               "samples_per_s": len(order) / max(train_s, 1e-9)}
+        history.append(row)
+        if val_loss < best_loss:
+            best_loss, best_auc, best_epoch = val_loss, val_auc, epoch
             best_state = copy.deepcopy(model.state_dict())
-        bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_auc=f"{val_auc:.1f}", best=best_epoch)
+        bar.set_postfix(loss=f"{row.get('train_loss', float('nan')):.3f}", val_loss=f"{val_loss:.3f}",
+                        val_auc=f"{val_auc:.1f}", best=best_epoch, cases_s=f"{row['samples_per_s']:.0f}")
         if epoch - best_epoch >= cfg.patience:
             break
     model.load_state_dict(best_state)
-    return FitResult(best_epoch, float(best[0]), len(history), time.perf_counter() - start, history)
+    return FitResult(best_epoch, float(best_auc), len(history), time.perf_counter() - start, history, float(best_loss))

@@ -14,7 +14,41 @@ def _cell(values: pd.Series) -> str:
     return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
 
 
-def summarise(metrics: pd.DataFrame, not_applicable: dict[str, str] | None = None) -> str:
+def subset_table(subsets: pd.DataFrame) -> list[str]:
+    """AUC per modality subset of the test cases (mean ± std over folds; n = cases per fold, summed)."""
+    if subsets is None or subsets.empty:
+        return []
+    names = [n for n in dict.fromkeys(subsets["subset"]) if n != "all"]
+    if len(names) < 2:  # one subset only (a complete cohort): it equals "all"
+        return []
+    lines = ["## AUC per modality subset of the test cases", "",
+             "| model | scenario | rate | " + " | ".join(f"{n} (n)" for n in names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for (m, sc, r), g in subsets.groupby(["model", "scenario", "mask_rate"], sort=False):
+        cells = []
+        for n in names:
+            sub = g[g["subset"] == n]
+            cells.append(f"{_cell(sub['auc'])} ({int(sub['n'].sum())})" if len(sub) else "–")
+        lines.append(f"| {m} | {sc} | {r * 100:g}% | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def paired_differences(metrics: pd.DataFrame, a: str = "masked-unmasked", b: str = "removed-unmasked") -> pd.DataFrame:
+    """Per model and mask rate: AUC(a) − AUC(b) paired by fold → mean, std, min, max, folds where a ≥ b."""
+    rows = []
+    for (m, r), g in metrics[metrics["scenario"].isin([a, b])].groupby(["model", "mask_rate"], sort=False):
+        w = g.pivot_table(index="fold", columns="scenario", values="auc")
+        if a not in w or b not in w:
+            continue
+        d = (w[a] - w[b]).dropna()
+        if d.empty:
+            continue
+        rows.append({"model": m, "mask_rate": r, "folds": len(d), "mean": d.mean(), "std": d.std(ddof=1) if len(d) > 1 else 0.0,
+                     "min": d.min(), "max": d.max(), "a_ge_b": int((d >= 0).sum()), "per_fold": " ".join(f"{x:+.1f}" for x in d)})
+    return pd.DataFrame(rows)
+
+
+def summarise(metrics: pd.DataFrame, not_applicable: dict[str, str] | None = None,
+              subsets: pd.DataFrame | None = None) -> str:
     not_applicable = not_applicable or {}
     models = list(dict.fromkeys(metrics["model"]))
     lines = ["# Results", "", "Metrics in percent, mean ± std over test folds; model selection on a validation "
@@ -54,4 +88,14 @@ def summarise(metrics: pd.DataFrame, not_applicable: dict[str, str] | None = Non
                         train, test = scen.split("-")
                         lines.append(f"| {rate * 100:g}% | {train} | {test} | " + " | ".join(_cell(sub[c]) for c, _ in METRICS) + " |")
             lines.append("")
+    diffs = paired_differences(metrics)
+    if not diffs.empty:
+        lines += ["## Masked vs removed training, tested on unmasked data: fold-paired AUC differences", "",
+                  "AUC(masked-train) − AUC(removed-train) per test fold (same folds, same masks).", "",
+                  "| model | mask rate | mean ± std | min | max | folds masked ≥ removed | per fold |", "|---|---|---|---|---|---|---|"]
+        for _, r in diffs.iterrows():
+            lines.append(f"| {r['model']} | {r['mask_rate'] * 100:g}% | {r['mean']:+.2f} ± {r['std']:.2f} | {r['min']:+.2f} | "
+                         f"{r['max']:+.2f} | {r['a_ge_b']}/{r['folds']} | {r['per_fold']} |")
+        lines.append("")
+    lines += subset_table(subsets)
     return "\n".join(lines).rstrip() + "\n"

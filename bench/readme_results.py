@@ -1,0 +1,129 @@
+"""Regenerate the README's BRCA results tables from assets/results/ (run by bench/brca_results.sh).
+
+usage: python bench/readme_results.py [--readme README.md] [--results assets/results]
+Replaces the text between ``<!-- BEGIN generated:brca-results -->`` and ``<!-- END generated:brca-results -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+BEGIN, END = "<!-- BEGIN generated:brca-results -->", "<!-- END generated:brca-results -->"
+# ../shared/tools/references.py ../shared/data/tcga-brca IDC ILC (same 970 patients, same scrubbing rules)
+REFERENCES = [("late fusion: RNA logistic regression + report TF-IDF logistic regression", "90.03"),
+              ("RNA logistic regression (report-only patients at the training prior)", "87.45"),
+              ("report TF-IDF logistic regression (RNA-only patients at the prior)", "77.27")]
+
+
+def cell(v: pd.Series) -> str:
+    v = v.dropna()
+    return "NA" if v.empty else f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0:.2f}"
+
+
+def wall(folder: Path) -> str:
+    t = json.loads((folder / "timing.json").read_text())
+    return f"{t['wall_seconds'] / 60:.1f} min wall, {t['runs']} runs, {t['workers']} worker(s) on {t['device']}"
+
+
+def union_table(folder: Path) -> list[str]:
+    m = pd.read_csv(folder / "metrics.csv", na_values="NA")
+    s = pd.read_csv(folder / "subsets.csv", na_values="NA")
+    m, s = m[m.scenario == "complete"], s[s.scenario == "complete"]
+    subsets = [x for x in ("rna+rpt", "rna", "rpt") if x in set(s.subset)]
+    names = {"rna+rpt": "both", "rna": "RNA only", "rpt": "report only"}
+    n = {x: int(s[(s.subset == x) & (s.model == s.model.iloc[0])].n.sum()) for x in subsets}
+    lines = ["| model | AUC | F1 | Acc | " + " | ".join(f"AUC {names[x]} (n={n[x]})" for x in subsets) + " |",
+             "|---|---|---|---|" + "---|" * len(subsets)]
+    for model, g in m.groupby("model", sort=False):
+        sub = [cell(s[(s.model == model) & (s.subset == x)].auc) for x in subsets]
+        lines.append(f"| `{model}` | **{cell(g.auc)}** | {cell(g.f1)} | {cell(g.acc)} | " + " | ".join(sub) + " |")
+    for name, auc in REFERENCES:
+        lines.append(f"| reference: {name} | {auc} | | | " + " | " * (len(subsets) - 1) + " |")
+    return lines
+
+
+def table2(folder: Path) -> list[str]:
+    m = pd.read_csv(folder / "metrics.csv", na_values="NA")
+    models = list(dict.fromkeys(m.model))
+    lines = ["| mask rate | train | test | " + " | ".join(f"`{x}`" for x in models) + " |", "|---|---|---|" + "---|" * len(models)]
+    base = m[m.scenario == "complete"]
+    lines.append("| 0 % | complete | complete | " + " | ".join(cell(base[base.model == x].auc) for x in models) + " |")
+    for rate in sorted(m[m.scenario != "complete"].mask_rate.unique()):
+        for scen in ("masked-masked", "masked-unmasked", "removed-unmasked"):
+            g = m[(m.scenario == scen) & (m.mask_rate == rate)]
+            if len(g):
+                tr, te = scen.split("-")
+                lines.append(f"| {rate * 100:g} % | {tr} | {te} | " + " | ".join(cell(g[g.model == x].auc) for x in models) + " |")
+    return lines
+
+
+def paired(folder: Path) -> list[str]:
+    text = (folder / "summary.md").read_text()
+    start = text.find("## Masked vs removed")
+    if start < 0:
+        return []
+    block = text[start:].split("\n## ")[0].splitlines()[1:]
+    return [line for line in block if line.strip()]
+
+
+def ablations(table2_dir: Path, abl_dir: Path) -> list[str]:
+    m = pd.concat([pd.read_csv(table2_dir / "metrics.csv", na_values="NA").query("model == 'mosare'"),
+                   pd.read_csv(abl_dir / "metrics.csv", na_values="NA")])
+    cols = [("complete", 0.0, "complete data"), ("masked-masked", 0.5, "50 % masked, masked test"),
+            ("masked-unmasked", 0.5, "50 % masked, unmasked test")]
+    lines = ["| model | " + " | ".join(c[2] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for model in dict.fromkeys(m.model):
+        g = m[m.model == model]
+        lines.append(f"| `{model}` | " + " | ".join(cell(g[(g.scenario == s) & (g.mask_rate == r)].auc) for s, r, _ in cols) + " |")
+    return lines
+
+
+def seeds(results: Path) -> list[str]:
+    rows = []
+    for seed, name in ((0, "tcga-brca"), (1, "tcga-brca-seed1"), (2, "tcga-brca-seed2")):
+        f = results / name / "metrics.csv"
+        if f.is_file():
+            m = pd.read_csv(f, na_values="NA").query("model == 'mosare' and scenario == 'complete'")
+            rows.append((seed, m.auc))
+    if not rows:
+        return []
+    means = pd.Series([a.mean() for _, a in rows])
+    lines = ["| seed | AUC (mean ± std over 5 folds) |", "|---|---|"] + [f"| {s} | {cell(a)} |" for s, a in rows]
+    return lines + [f"| mean ± std of the seed means | {means.mean():.2f} ± {means.std(ddof=1) if len(means) > 1 else 0:.2f} |"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--readme", type=Path, default=Path("README.md"))
+    ap.add_argument("--results", type=Path, default=Path("assets/results"))
+    a = ap.parse_args()
+    r = a.results
+    out = ["", "#### Union cohort (970 patients, natural missingness), complete-data scenario, seed 0", "",
+           f"`assets/results/tcga-brca/` ({wall(r / 'tcga-brca')}). AUC per modality subset of the test patients:", ""]
+    out += union_table(r / "tcga-brca") + [""]
+    if (r / "tcga-brca-seed1").is_dir():
+        out += ["#### `mosare` over seeds (union cohort, complete data)", ""] + seeds(r) + [""]
+    if (r / "tcga-brca-table2").is_dir():
+        out += ["#### Table 2: complete-only cohort (647 patients with RNA and report), AUC", "",
+                f"`assets/results/tcga-brca-table2/` ({wall(r / 'tcga-brca-table2')}).", ""] + table2(r / "tcga-brca-table2") + [""]
+        out += ["Masked vs removed training, tested on unmasked data — fold-paired AUC differences:", ""]
+        out += paired(r / "tcga-brca-table2") + [""]
+    if (r / "tcga-brca-ablations").is_dir():
+        out += ["#### Ablations (complete-only cohort), AUC", "",
+                f"`assets/results/tcga-brca-ablations/` ({wall(r / 'tcga-brca-ablations')}); `mosare` row from Table 2's run.", ""]
+        out += ablations(r / "tcga-brca-table2", r / "tcga-brca-ablations") + [""]
+    text = a.readme.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{a.readme}: no {BEGIN} … {END} markers")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    a.readme.write_text(head + BEGIN + "\n" + "\n".join(out) + "\n" + END + tail, encoding="utf-8")
+    print(f"{a.readme}: BRCA results tables regenerated from {r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Learning-rate (and variant) sweep on VALIDATION splits of the training folds — never a test fold.
+
+usage: python bench/sweep.py [--data ../shared/data/tcga-brca] [--models mosare,snn,text] [--lrs 1e-4,3e-4,1e-3]
+                             [--folds-used 0,1,2] [--set fusion=concat] [--workers 2] [--out .cache/sweep]
+
+For each (model, lr, fold): the experiment's own validation split of training fold k (``train_val_split``), the
+experiment's fold-fitted features, training at the default TrainConfig except the lr; the row records the
+selected epoch's validation loss and AUC. The test folds are never scored. Prints mean ± std over folds per
+(model, lr) and writes sweep.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from mosare.cohort import build_cohort  # noqa: E402
+from mosare.config import ModelConfig, TrainConfig  # noqa: E402
+from mosare.model.registry import build_model  # noqa: E402
+from mosare.train.data import fit_fold_features  # noqa: E402
+from mosare.train.experiment import model_config_for  # noqa: E402
+from mosare.train.loop import fit  # noqa: E402
+from mosare.train.splits import patient_folds, train_val_split  # noqa: E402
+
+_STATE: dict = {}
+
+
+def _init(cohort, folds, overrides: dict, tcfg: TrainConfig) -> None:
+    torch.set_num_threads(1)
+    _STATE.update(cohort=cohort, folds=folds, overrides=overrides, tcfg=tcfg, feats={})
+
+
+def _one(model: str, lr: float, k: int) -> dict:
+    s = _STATE
+    cohort, (train_all, _test) = s["cohort"], s["folds"][k]
+    tr, va = train_val_split(train_all, cohort.labels, s["tcfg"].val_fraction, k)
+    if k not in s["feats"]:
+        s["feats"] = {k: fit_fold_features(cohort, tr, 16, k)}  # as the experiment: the training split only
+    mcfg = replace(model_config_for(cohort, ModelConfig()), **s["overrides"])
+    torch.manual_seed(k)
+    m = build_model(model, mcfg)
+    res = fit(m, cohort, s["feats"][k], tr, va, cohort.present, replace(s["tcfg"], lr=lr, seed=k), torch.device("cpu"),
+              progress=False)
+    return {"model": model, "lr": lr, "fold": k, "val_loss": res.best_val_loss, "val_auc": res.best_val_auc,
+            "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": round(res.seconds, 1)}
+
+
+def _value(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(v.lower(), v)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/tcga-brca")
+    ap.add_argument("--models", default="mosare,snn,text")
+    ap.add_argument("--lrs", default="1e-4,3e-4,1e-3")
+    ap.add_argument("--folds-used", default="0,1,2")
+    ap.add_argument("--set", action="append", default=[], help="ModelConfig override key=value (repeatable)")
+    ap.add_argument("--train-set", action="append", default=[], help="TrainConfig override key=value (repeatable)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path(".cache/sweep"))
+    args = ap.parse_args()
+    if not (args.data / "rna.csv.gz").exists():
+        sys.exit(f"bench/sweep.py: {args.data} has no rna.csv.gz (point --data at the TCGA-BRCA tables)")
+    overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    tcfg = replace(TrainConfig(), **{k: _value(v) for k, v in (s.split("=", 1) for s in args.train_set)})
+    cohort = build_cohort(args.data / "rna.csv.gz", args.data / "reports.csv.gz", None, label_column="oncotree_code",
+                          classes=("IDC", "ILC"), progress=False, text_encoder="tfidf")
+    folds = patient_folds(cohort.labels, 5, 0)
+    jobs = [(m, float(lr), int(k)) for k in args.folds_used.split(",") for m in args.models.split(",")
+            for lr in args.lrs.split(",")]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(cohort, folds, overrides, tcfg)) as pool:
+        rows = []
+        for row in pool.map(_one, *zip(*jobs)):
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    df = pd.DataFrame(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out / "sweep.csv", index=False)
+    agg = df.groupby(["model", "lr"]).agg(val_loss=("val_loss", "mean"), val_loss_sd=("val_loss", "std"),
+                                         val_auc=("val_auc", "mean"), val_auc_sd=("val_auc", "std"),
+                                         best_epoch=("best_epoch", "mean"), seconds=("seconds", "mean"))
+    print(f"overrides {overrides} train {args.train_set}; folds {args.folds_used}; {time.perf_counter() - start:.0f} s")
+    print(agg.round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()

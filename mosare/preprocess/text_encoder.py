@@ -1,0 +1,120 @@
+"""Report encoders fitted on the training fold: TF-IDF → truncated SVD vectors for reports and sentences.
+
+The IDC/ILC signal in a pathology report is lexical (pleomorphic, E-cadherin, single-file, in situ); a frozen
+general-purpose sentence model (all-MiniLM-L6-v2) averages it away (report-only AUC ≈ 60 on BRCA against
+≈ 80 for TF-IDF). :class:`TfidfSvdEncoder` keeps it: a TF-IDF vocabulary (unigrams and bigrams) and a
+``dim``-component SVD are fitted on the **training fold's** scrubbed reports only, then applied to every
+report (its global vector, z-scored with training statistics) and to every sentence (its local inputs,
+L2-normalised), so no fold ever sees a test report's words.
+
+The fitted state travels in the checkpoint: ``to_state`` gives numpy arrays (saved as safetensors extras)
+and a JSON-safe dict (the vocabulary and settings, in the checkpoint's metadata); ``from_state`` rebuilds it.
+
+    enc = TfidfSvdEncoder.fit(train_texts, dim=256, seed=0)
+    glob = enc.encode_reports(texts)            # [N, dim] float32, z-scored
+    sents = enc.encode_sentences(sentences)     # list of [S_i, dim] float32, unit rows
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from mosare.errors import MosareError
+
+NAME = "tfidf-svd"
+TEXT_ENCODERS = ("tfidf", "minilm")  # --text-encoder choices: "tfidf" is this module, "minilm" the sentence model
+DEFAULT_DIM = 256
+MAX_FEATURES = 20_000  # vocabulary cap: keeps the checkpoint small (the components are dim × vocabulary)
+
+
+def _vectorizer(vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
+    return TfidfVectorizer(min_df=2, ngram_range=(1, 2), sublinear_tf=True, max_features=MAX_FEATURES,
+                           vocabulary=vocabulary, dtype=np.float32)
+
+
+@dataclass
+class TfidfSvdEncoder:
+    """A fitted TF-IDF vocabulary (``vocabulary``, ``idf`` [V]) and SVD basis (``components`` [dim, V]);
+    ``mean``/``std`` [dim] z-score report vectors with the training reports' statistics."""
+
+    vocabulary: list[str]
+    idf: np.ndarray
+    components: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return int(self.components.shape[0])
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], dim: int = DEFAULT_DIM, seed: int = 0) -> TfidfSvdEncoder:
+        """Fit on training reports only (the caller's responsibility: pass no validation or test report)."""
+        texts = [t for t in texts if t and t.strip()]
+        if len(texts) < 4:
+            raise MosareError(f"the TF-IDF report encoder needs at least 4 training reports, got {len(texts)}")
+        vec = _vectorizer()
+        try:
+            x = vec.fit_transform(texts)
+        except ValueError as err:  # e.g. every word is rarer than min_df
+            raise MosareError(f"cannot fit the TF-IDF report encoder: {err}") from None
+        k = max(1, min(dim, x.shape[1] - 1, x.shape[0] - 1))
+        svd = TruncatedSVD(k, algorithm="randomized", n_iter=7, random_state=seed).fit(x)
+        comps = svd.components_.astype(np.float32)
+        if k < dim:  # a tiny training set: pad with zero components so the model's input size is fixed
+            comps = np.concatenate([comps, np.zeros((dim - k, comps.shape[1]), np.float32)])
+        vocab = sorted(vec.vocabulary_, key=vec.vocabulary_.get)
+        z = (x @ comps.T).astype(np.float32)
+        return cls(vocabulary=vocab, idf=vec.idf_.astype(np.float32), components=comps,
+                   mean=z.mean(0), std=z.std(0) + 1e-6)
+
+    def _tfidf(self, texts: Sequence[str]):
+        vec = _vectorizer({w: i for i, w in enumerate(self.vocabulary)})
+        vec.idf_ = self.idf  # a fitted vectorizer without refitting: vocabulary + idf are all it needs
+        return vec.transform(list(texts))
+
+    def encode_reports(self, texts: Sequence[str]) -> np.ndarray:
+        """[N, dim] z-scored report vectors."""
+        if not len(texts):
+            return np.zeros((0, self.dim), np.float32)
+        z = np.asarray(self._tfidf(texts) @ self.components.T, dtype=np.float32)
+        return ((z - self.mean) / self.std).astype(np.float32)
+
+    def encode_sentences(self, per_report: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """One [S_i, dim] array of L2-normalised sentence vectors per report (a sentence with no known word
+        is the zero vector)."""
+        flat = [s for sents in per_report for s in sents]
+        if not flat:
+            return [np.zeros((0, self.dim), np.float32) for _ in per_report]
+        z = np.asarray(self._tfidf(flat) @ self.components.T, dtype=np.float32)
+        z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-6)
+        out, start = [], 0
+        for sents in per_report:
+            out.append(z[start: start + len(sents)])
+            start += len(sents)
+        return out
+
+    # ---- checkpoint round trip ------------------------------------------------------------------------
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(arrays for the checkpoint's safetensors extras, JSON-safe metadata)."""
+        arrays = {"text_idf": self.idf, "text_components": self.components.astype(np.float16),
+                  "text_mean": self.mean, "text_std": self.std}
+        return arrays, {"name": NAME, "dim": self.dim, "vocabulary": self.vocabulary}
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> TfidfSvdEncoder:
+        try:
+            enc = cls(vocabulary=list(meta["vocabulary"]), idf=np.asarray(arrays["text_idf"], np.float32),
+                      components=np.asarray(arrays["text_components"], np.float32),
+                      mean=np.asarray(arrays["text_mean"], np.float32), std=np.asarray(arrays["text_std"], np.float32))
+        except (KeyError, TypeError) as err:
+            raise MosareError(f"the checkpoint's TF-IDF report encoder is incomplete (missing {err})") from None
+        if enc.components.shape[1] != len(enc.vocabulary) or enc.idf.shape[0] != len(enc.vocabulary):
+            raise MosareError("the checkpoint's TF-IDF report encoder is inconsistent (vocabulary vs. arrays)")
+        return enc

@@ -1,0 +1,156 @@
+"""The training protocol of the model issue: warm-up guard, aligning losses on after it, fold-fitted report
+encoder, one model for masked-masked and masked-unmasked, per-subset AUC and the validation threshold."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from helpers import rna_cohort
+from mosare.cohort import Cohort
+from mosare.config import ExperimentConfig, ModelConfig, TrainConfig
+from mosare.model.registry import build_model
+from mosare.train.data import fit_fold_features
+from mosare.train.experiment import model_config_for, run_experiment
+from mosare.train.loop import check_align_warmup, fit
+from mosare.train.metrics import choose_threshold, classification_metrics, subset_aucs
+from mosare.train.splits import train_val_split
+
+SMALL = ModelConfig(hidden=16, gene_token_dim=4)
+
+
+def test_align_warmup_is_a_fraction_of_the_run_and_warns_when_never_reached(caplog):
+    model = build_model("mosare", model_config_for(rna_cohort(n=20), SMALL))
+    assert TrainConfig(epochs=40, align_warmup=0.25).align_epoch == 10
+    assert TrainConfig(epochs=8, align_warmup=0.25).align_epoch == 2  # scales with a short run
+    with caplog.at_level(logging.WARNING):
+        assert check_align_warmup(TrainConfig(epochs=8, align_warmup=10), model) == 10
+    assert "never run" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        check_align_warmup(TrainConfig(epochs=8, align_warmup=0.25), model)
+        check_align_warmup(TrainConfig(epochs=8, align_warmup=10), build_model("mosare-no-align", model.cfg))
+    assert caplog.text == ""  # reached, or an ablation without aligning losses: nothing to warn about
+
+
+def test_aligning_losses_switch_on_after_the_warm_up():
+    cohort = rna_cohort(n=64)
+    idx = np.arange(64)
+    tr, va = train_val_split(idx, cohort.labels, 0.25, seed=0)
+    tokens = fit_fold_features(cohort, tr, 16, 0)
+    torch.manual_seed(0)
+    model = build_model("mosare", model_config_for(cohort, SMALL))
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=1e-3, warmup_epochs=1, align_warmup=0.5, patience=10, device="cpu")
+    res = fit(model, cohort, tokens, tr, va, cohort.present, cfg, torch.device("cpu"), progress=False)
+    hist = pd.DataFrame(res.history)
+    assert (hist.loc[hist.epoch < 2, ["train_symcl", "train_mcl"]] == 0).all().all()
+    assert (hist.loc[hist.epoch >= 2, ["train_symcl", "train_mcl"]] > 0).all().all()
+    assert {"lr", "train_cls", "train_rec", "val_loss", "val_auc"} <= set(hist.columns)
+    assert hist.lr.iloc[0] < hist.lr.max()  # linear warm-up, then cosine decay
+    assert hist.lr.iloc[-1] < hist.lr.max()
+
+
+def _report_cohort(n: int = 40) -> Cohort:
+    """Reports only; class B reports mention 'spiculated', class A 'circumscribed'."""
+    y = np.arange(n) % 2
+    words = ["circumscribed", "spiculated"]
+    texts = [f"Tumour size {i % 7 + 1} cm. The margin is {words[c]}. Nodes examined {i % 5}."
+             for i, c in enumerate(y)]
+    present = np.zeros((n, 3), bool)
+    present[:, 2] = True
+    return Cohort(patient_ids=[f"R{i:03d}" for i in range(n)], labels=y.astype(np.int64), classes=("A", "B"),
+                  present=present, rpt_texts=texts, rpt_sentence_texts=[t.split(". ") for t in texts],
+                  text_encoder="tfidf")
+
+
+def test_report_encoder_is_fitted_on_the_training_fold_only():
+    cohort = _report_cohort()
+    train, test = np.arange(0, 30), np.arange(30, 40)
+    for i in test[:3]:  # a word only test reports use, often enough for min_df=2
+        cohort.rpt_texts[i] += " Zebrafishoid pattern noted."
+    feats = fit_fold_features(cohort, train, n_local=4, seed=0)
+    vocab = set(feats.text.vocabulary)
+    assert "spiculated" in vocab and "zebrafishoid" not in vocab
+    # the same word in training reports does enter the vocabulary: the check above can fail
+    for i in train[:3]:
+        cohort.rpt_texts[i] += " Zebrafishoid pattern noted."
+    assert "zebrafishoid" in set(fit_fold_features(cohort, train, n_local=4, seed=0).text.vocabulary)
+    assert feats.rpt_global.shape == (40, 256) and len(feats.rpt_sentences) == 40
+
+
+def test_masked_scenarios_share_one_trained_model(tmp_path, monkeypatch):
+    import mosare.train.experiment as experiment
+
+    calls = []
+    real_fit = experiment.fit
+
+    def counting_fit(model, *args, **kwargs):
+        calls.append(model.name)
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "fit", counting_fit)
+    cfg = ExperimentConfig(classes=("A", "B"), folds=2, models=("snn",), scenarios=("masked-masked", "masked-unmasked"),
+                           mask_rates=(0.3,), model=SMALL,
+                           train=TrainConfig(epochs=2, batch_size=16, lr=1e-3, device="cpu"))
+    run_experiment(rna_cohort(n=40), cfg, tmp_path, progress=False)
+    assert len(calls) == 2  # one per fold, not one per scenario
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert len(runs) == 4
+    for _, g in runs.groupby("fold"):
+        assert g.checkpoint.nunique() == 1 and set(g.scenario) == {"masked-masked", "masked-unmasked"}
+    assert (tmp_path / "history.csv").is_file() and (tmp_path / "subsets.csv").is_file()
+
+
+def test_subset_aucs_by_hand():
+    y = np.array([0, 1, 0, 1, 0, 1, 1, 0])
+    p1 = np.array([0.1, 0.9, 0.8, 0.3, 0.2, 0.6, 0.7, 0.4])
+    probs = np.stack([1 - p1, p1], 1)
+    subsets = ["rna+rpt", "rna+rpt", "rna+rpt", "rna+rpt", "rna", "rna", "rna", "rna"]
+    rows = {r["subset"]: r for r in subset_aucs(y, probs, subsets)}
+    # rna+rpt: positives 0.9, 0.3 vs negatives 0.1, 0.8 → pairs won: (0.9>0.1, 0.9>0.8, 0.3>0.1) = 3 of 4
+    assert rows["rna+rpt"]["auc"] == pytest.approx(75.0) and rows["rna+rpt"]["n"] == 4
+    # rna: positives 0.6, 0.7 vs negatives 0.2, 0.4 → 4 of 4
+    assert rows["rna"]["auc"] == pytest.approx(100.0)
+    assert rows["all"]["auc"] == pytest.approx(100 * roc_auc_score(y, p1)) and rows["all"]["n"] == 8
+    one_class = subset_aucs(np.array([1, 1]), probs[:2], ["rpt", "rpt"])
+    assert np.isnan(one_class[0]["auc"])
+
+
+def test_validation_threshold_by_hand():
+    y = np.array([0, 0, 0, 0, 1, 1])
+    p1 = np.array([0.05, 0.1, 0.2, 0.3, 0.35, 0.4])  # every positive below 0.5: arg-max says "all class 0"
+    probs = np.stack([1 - p1, p1], 1)
+    t = choose_threshold(y, probs)
+    assert t == pytest.approx(0.35)  # the lowest positive separates the classes perfectly
+    assert classification_metrics(y, probs, t)["f1"] == pytest.approx(100.0)
+    assert classification_metrics(y, probs)["f1"] < 100.0
+    assert choose_threshold(np.zeros(3, int), probs[:3]) is None
+
+
+def test_mosare_paper_is_the_faithful_architecture_and_old_checkpoints_still_load(tmp_path):
+    import json
+    from dataclasses import replace
+
+    from helpers import random_batch
+    from mosare.io.checkpoint import LEGACY_DEFAULTS, load_checkpoint, save_checkpoint
+
+    cfg = ModelConfig(modalities=("rna", "rpt"), rna_dim=12, rpt_dim=6, hidden=16, gene_token_dim=4)
+    paper = build_model("mosare-paper", cfg)
+    assert paper.cfg.fusion == "sum" and paper.linear is None and paper.cfg.rna_sample_norm
+    assert build_model("mosare", cfg).linear is not None  # the improved default keeps its linear path
+    # a checkpoint written before these options existed has none of their keys: it loads as the paper model
+    old_cfg = replace(cfg, **LEGACY_DEFAULTS)
+    old = build_model("mosare", old_cfg).eval()
+    path = save_checkpoint(tmp_path / "old", old, "mosare", old_cfg, meta={"classes": ["A", "B"]})
+    doc = json.loads(path.with_suffix(".json").read_text())
+    for key in LEGACY_DEFAULTS:
+        doc["config"].pop(key)
+    path.with_suffix(".json").write_text(json.dumps(doc))
+    loaded, _, _ = load_checkpoint(path)
+    batch = random_batch(cfg, 4)
+    assert torch.allclose(old(batch).probs, loaded(batch).probs)
