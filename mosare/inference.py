@@ -16,6 +16,7 @@ from mosare.io.checkpoint import load_checkpoint
 from mosare.io.features import read_features
 from mosare.io.tables import check_report_text, read_table, to_float
 from mosare.preprocess.local_tokens import gmm_local_tokens
+from mosare.preprocess.scrub import has_content
 from mosare.preprocess.text_encoder import TfidfSvdEncoder
 from mosare.types import Batch
 
@@ -174,7 +175,7 @@ class Predictor:
             from mosare.preprocess.reports import ReportEmbedder, scrub, split_sentences, vocabulary_for
 
             clean = scrub(report_text, vocabulary_for(self.classes)).text
-            if not clean.strip():
+            if not has_content(clean):
                 raise InputError("the report is empty after removing subtype words")
             if self.text_encoder is not None:
                 case.sentences = split_sentences(clean)

@@ -271,7 +271,7 @@ def _assert_complete_outputs(out: Path) -> int:
     records = list(out.rglob("*.result.json"))
     for r in records:
         rec = json.loads(r.read_text())
-        assert rec["row"]["auc"] >= 0
+        assert all(row["auc"] >= 0 for row in rec["rows"])
         assert r.with_name(r.name.replace(".result.json", ".safetensors")).is_file()
     if (out / "metrics.csv").exists():  # only ever complete
         assert len(pd.read_csv(out / "metrics.csv")) == 2 * 2 * 2
@@ -376,4 +376,4 @@ def test_changed_epochs_on_the_command_line_does_not_reuse_records(tmp_path: Pat
     cfg2 = json.loads((tmp_path / "out" / "config.json").read_text())
     rec2 = json.loads((tmp_path / "out" / "checkpoints" / "snn" / "complete-0" / "fold0.result.json").read_text())
     assert cfg1["train"]["epochs"] == 2 and cfg2["train"]["epochs"] == 3
-    assert rec1["fingerprint"] != rec2["fingerprint"] and rec2["run"]["epochs_run"] == 3
+    assert rec1["fingerprint"] != rec2["fingerprint"] and rec2["runs"][0]["epochs_run"] == 3

@@ -299,6 +299,11 @@ def scrub(text: str, terms: Sequence[str]) -> ScrubResult:
     return ScrubResult(_collapse_ws("".join(parts)), removed)
 
 
+def has_content(scrubbed: str) -> bool:
+    """Does a scrubbed report say anything besides placeholders, punctuation and whitespace?"""
+    return re.search(r"\w", re.sub(re.escape(PLACEHOLDER), " ", scrubbed, flags=re.IGNORECASE)) is not None
+
+
 def _capitalise_first(s: str) -> str:
     """Upper-case the first letter of ``s`` if it opens a lower-case word."""
     m = re.match(r"\s*([a-z])", s)

@@ -31,6 +31,7 @@ class SNNBaseline(Baseline):
     """
 
     name = "snn"
+    default_lr = 1e-3  # bench/sweep.py (assets/results/lr-sweep)
     requires = ("rna",)
     uses = ("rna",)
 
@@ -82,6 +83,7 @@ class TextBaseline(Baseline):
     """
 
     name = "text"
+    default_lr = 3e-4  # bench/sweep.py (assets/results/lr-sweep)
     requires = ("rpt",)
     uses = ("rpt",)
 
