@@ -113,40 +113,38 @@ def loader_rate(path: Path, coords: np.ndarray, grid: TileGrid, batch_size: int,
     return steady, n / (end - start)
 
 
-def encode_rate(encoder: LoadedEncoder, read_size: int, batch_size: int, n_tiles: int) -> float:
-    """Tiles/s of :meth:`LoadedEncoder.encode` on random uint8 batches already on the device."""
-    gen = torch.Generator().manual_seed(0)
-    batch = torch.randint(0, 256, (batch_size, 3, read_size, read_size), dtype=torch.uint8, generator=gen)
-    batch = batch.to(encoder.device)
-    for _ in range(2):  # warm-up: cudnn / mkldnn kernel choice, torch.compile
-        encoder.encode(batch)
-    _sync(encoder.device)
+def _timed_rate(step, device, batch_size: int, n_tiles: int) -> float:
+    """Tiles/s of ``step()`` (one batch) after two warm-up calls (kernel choice, torch.compile)."""
+    for _ in range(2):
+        step()
+    _sync(device)
     steps = max(3, math.ceil(n_tiles / batch_size))
     start = time.perf_counter()
     for _ in range(steps):
-        encoder.encode(batch)
-    _sync(encoder.device)
+        step()
+    _sync(device)
     return steps * batch_size / (time.perf_counter() - start)
+
+
+def _random_tiles(batch_size: int, read_size: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (batch_size, 3, read_size, read_size), dtype=torch.uint8, generator=gen)
+
+
+def encode_rate(encoder: LoadedEncoder, read_size: int, batch_size: int, n_tiles: int) -> float:
+    """Tiles/s of :meth:`LoadedEncoder.encode` on random uint8 batches already on the device."""
+    batch = _random_tiles(batch_size, read_size).to(encoder.device)
+    return _timed_rate(lambda: encoder.encode(batch), encoder.device, batch_size, n_tiles)
 
 
 def forward_rate(encoder: LoadedEncoder, read_size: int, batch_size: int, n_tiles: int) -> float:
     """Tiles/s of the encoder module alone: input already resized and normalised on the device, same autocast
     as :meth:`LoadedEncoder.encode` (bf16 on CUDA)."""
-    gen = torch.Generator().manual_seed(0)
-    tiles = torch.randint(0, 256, (batch_size, 3, read_size, read_size), dtype=torch.uint8, generator=gen)
-    x = encoder.preprocess(tiles)
+    x = encoder.preprocess(_random_tiles(batch_size, read_size))
     use_bf16 = encoder.device.type == "cuda" and encoder.spec.autocast
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
-        for _ in range(2):
-            encoder.model(x)
-        _sync(encoder.device)
-        steps = max(3, math.ceil(n_tiles / batch_size))
-        start = time.perf_counter()
-        for _ in range(steps):
-            encoder.model(x)
-        _sync(encoder.device)
-    return steps * batch_size / (time.perf_counter() - start)
+        return _timed_rate(lambda: encoder.model(x), encoder.device, batch_size, n_tiles)
 
 
 def extract_slide_rate(path: Path, encoder: LoadedEncoder, batch_size: int, workers: int,

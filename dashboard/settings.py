@@ -23,7 +23,7 @@ class Settings:
         root = os.environ.get("MOSARE_SLIDE_ROOT")
         models = [Path(p).expanduser() for p in os.environ.get("MOSARE_MODEL_DIRS", "runs").split(":") if p]
         exps = [REPO / "assets" / "demo" / "experiment", REPO / "assets" / "demo" / "ablations",
-                REPO / "assets" / "results" / "tcga-brca"]
+                *(REPO / "assets" / "results" / n for n in ("tcga-brca", "tcga-brca-table2", "tcga-brca-ablations"))]
         exps += [Path(p).expanduser() for p in os.environ.get("MOSARE_EXPERIMENT_DIRS", "").split(":") if p]
         return cls(cache_dir=default_cache_dir(), slide_root=Path(root).expanduser().resolve() if root else None,
                    model_dirs=tuple(p if p.is_absolute() else REPO / p for p in models), experiment_dirs=tuple(exps))

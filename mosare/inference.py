@@ -174,7 +174,7 @@ class Predictor:
         if report_text is not None and "rpt" in self.cfg.modalities:
             from mosare.preprocess.reports import ReportEmbedder, scrub, split_sentences, vocabulary_for
 
-            clean = scrub(report_text, vocabulary_for(self.classes)).text
+            clean = scrub(report_text, [*vocabulary_for(self.classes), *self.meta.get("scrub_terms", [])]).text
             if not has_content(clean):
                 raise InputError("the report is empty after removing subtype words")
             if self.text_encoder is not None:

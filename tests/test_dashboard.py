@@ -90,7 +90,12 @@ def test_demo_case_run_and_every_page():
     assert at.get("plotly_chart") and len(at.dataframe) >= 2
     at.multiselect(key="sc_pick").set_value(at.multiselect(key="sc_pick").options).run()  # all shipped experiments
     assert not at.exception, at.exception
-    assert len(at.get("plotly_chart")) == 3 and len(at.dataframe) == 7  # 3 × (grid, comparison) + ablations
+    n_exp = len(at.multiselect(key="sc_pick").options)
+    assert n_exp == 5
+    # per experiment: metric-vs-rate figure + grid + comparison; a training-history figure where history.csv exists
+    histories = [s for s in at.selectbox if s.key and s.key.startswith("sc_hist_")]
+    assert len(histories) == 3  # the three TCGA-BRCA result folders
+    assert len(at.get("plotly_chart")) == n_exp + len(histories) and len(at.dataframe) >= 2 * n_exp
 
     at.switch_page("dashboard/pages/about.py").run()
     assert not at.exception, at.exception

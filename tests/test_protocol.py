@@ -154,3 +154,39 @@ def test_mosare_paper_is_the_faithful_architecture_and_old_checkpoints_still_loa
     loaded, _, _ = load_checkpoint(path)
     batch = random_batch(cfg, 4)
     assert torch.allclose(old(batch).probs, loaded(batch).probs)
+
+
+def test_a_tfidf_checkpoint_embeds_a_new_report_as_its_training_fold_did(tmp_path):
+    """The fold-fitted report encoder travels in the checkpoint: `predict` rebuilds the same report vector."""
+    from mosare.inference import Predictor
+
+    cohort = _report_cohort()
+    cfg = ExperimentConfig(classes=("A", "B"), folds=2, models=("text",), scenarios=("complete",), model=SMALL,
+                           train=TrainConfig(epochs=1, batch_size=16, device="cpu"))
+    run_experiment(cohort, cfg, tmp_path, progress=False)
+    ckpt = tmp_path / "checkpoints" / "text" / "complete-0" / "fold0.safetensors"
+    predictor = Predictor(ckpt)
+    assert predictor.text_encoder is not None and predictor.meta["text_encoder"]["name"] == "tfidf-svd"
+    case = predictor.make_case(report_text=cohort.rpt_texts[0])
+    fold = experiment_fold_features(cohort, cfg, k=0)
+    np.testing.assert_allclose(case.report_emb, fold.rpt_global[0], rtol=1e-3, atol=1e-3)
+    assert predictor.predict(case).probs.shape == (2,)
+
+
+def experiment_fold_features(cohort: Cohort, cfg: ExperimentConfig, k: int):
+    from mosare.train.splits import patient_folds
+
+    train_all = patient_folds(cohort.labels, cfg.folds, cfg.seed)[k][0]
+    tr, _ = train_val_split(train_all, cohort.labels, cfg.train.val_fraction, cfg.seed + k)
+    return fit_fold_features(cohort, tr, 16, cfg.seed + k)
+
+
+def test_report_encoder_stays_bounded_when_few_training_reports_remain():
+    """50 % masking can leave fewer training reports than SVD components: unseen reports must not blow up."""
+    from mosare.preprocess.text_encoder import Z_CLIP, TfidfSvdEncoder
+
+    cohort = _report_cohort(n=24)
+    enc = TfidfSvdEncoder.fit(cohort.rpt_texts[:12], dim=256, seed=0)
+    assert np.count_nonzero(np.abs(enc.components).sum(1)) <= 6  # at most half as many components as reports
+    unseen = enc.encode_reports(cohort.rpt_texts[12:] + ["an entirely different text about margins and nodes"])
+    assert np.isfinite(unseen).all() and np.abs(unseen).max() <= Z_CLIP

@@ -17,7 +17,9 @@ st.title("Scenarios")
 st.caption("masked: a modality is hidden at random for a share of cases; removed: those cases are dropped; "
            "the second word is the test set (unmasked = complete test data). Mean ± std over folds; "
            "AUC from probabilities, model selection on a validation split inside each training fold.")
-SHIPPED = {"experiment": "synthetic demo", "ablations": "synthetic demo: MoSARe ablations", "tcga-brca": "TCGA-BRCA IDC vs ILC"}
+SHIPPED = {"experiment": "synthetic demo", "ablations": "synthetic demo: MoSARe ablations",
+           "tcga-brca": "TCGA-BRCA IDC vs ILC (union cohort)", "tcga-brca-table2": "TCGA-BRCA: Table 2 (complete-only)",
+           "tcga-brca-ablations": "TCGA-BRCA: ablations (complete-only)"}
 known = {SHIPPED.get(p.name, str(p)): p for p in settings.experiment_dirs if (p / "metrics.csv").is_file()}
 picked = st.multiselect("Experiment output folders", list(known), default=list(known)[:1], key="sc_pick")
 extra = st.text_input("…or another `mosare experiment` output folder on the server", key="sc_extra")

@@ -30,7 +30,8 @@ from mosare.errors import MosareError
 NAME = "tfidf-svd"
 TEXT_ENCODERS = ("tfidf", "minilm")  # --text-encoder choices: "tfidf" is this module, "minilm" the sentence model
 DEFAULT_DIM = 256
-MAX_FEATURES = 20_000  # vocabulary cap: keeps the checkpoint small (the components are dim × vocabulary)
+MAX_FEATURES = 20_000
+Z_CLIP = 10.0  # report vectors are z-scored, then clipped (as expression values are)  # vocabulary cap: keeps the checkpoint small (the components are dim × vocabulary)
 
 
 def _vectorizer(vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
@@ -64,15 +65,20 @@ class TfidfSvdEncoder:
             x = vec.fit_transform(texts)
         except ValueError as err:  # e.g. every word is rarer than min_df
             raise MosareError(f"cannot fit the TF-IDF report encoder: {err}") from None
-        k = max(1, min(dim, x.shape[1] - 1, x.shape[0] - 1))
+        # at most half as many components as training reports: with k close to n the last components fit single
+        # reports, have ~zero variance over the training set and blow up when z-scored for an unseen report
+        k = max(1, min(dim, x.shape[1] - 1, x.shape[0] // 2))
         svd = TruncatedSVD(k, algorithm="randomized", n_iter=7, random_state=seed).fit(x)
-        comps = svd.components_.astype(np.float32)
+        # rounded to float16 here, as the checkpoint stores them: training and prediction then embed a report
+        # with the very same numbers (z-scoring would magnify the rounding of a low-variance component)
+        comps = svd.components_.astype(np.float16).astype(np.float32)
         if k < dim:  # a tiny training set: pad with zero components so the model's input size is fixed
             comps = np.concatenate([comps, np.zeros((dim - k, comps.shape[1]), np.float32)])
         vocab = sorted(vec.vocabulary_, key=vec.vocabulary_.get)
         z = (x @ comps.T).astype(np.float32)
-        return cls(vocabulary=vocab, idf=vec.idf_.astype(np.float32), components=comps,
-                   mean=z.mean(0), std=z.std(0) + 1e-6)
+        std = z.std(0)
+        std = np.where(std > 1e-6, std, 1.0).astype(np.float32)  # padded (all-zero) components stay zero
+        return cls(vocabulary=vocab, idf=vec.idf_.astype(np.float32), components=comps, mean=z.mean(0), std=std)
 
     def _tfidf(self, texts: Sequence[str]):
         vec = _vectorizer({w: i for i, w in enumerate(self.vocabulary)})
@@ -80,11 +86,11 @@ class TfidfSvdEncoder:
         return vec.transform(list(texts))
 
     def encode_reports(self, texts: Sequence[str]) -> np.ndarray:
-        """[N, dim] z-scored report vectors."""
+        """[N, dim] z-scored report vectors, clipped to ±Z_CLIP."""
         if not len(texts):
             return np.zeros((0, self.dim), np.float32)
         z = np.asarray(self._tfidf(texts) @ self.components.T, dtype=np.float32)
-        return ((z - self.mean) / self.std).astype(np.float32)
+        return np.clip((z - self.mean) / self.std, -Z_CLIP, Z_CLIP).astype(np.float32)
 
     def encode_sentences(self, per_report: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """One [S_i, dim] array of L2-normalised sentence vectors per report (a sentence with no known word

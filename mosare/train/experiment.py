@@ -141,6 +141,7 @@ def _run_setting(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: in
                          "n_train": len(split.train_idx), "seconds": round(res.seconds, 2),
                          "checkpoint": str(stem.relative_to(out))})
         meta = {"classes": list(cohort.classes), "genes": cohort.genes, "text_model": text_model,
+                "scrub_terms": list(cfg.scrub_terms),
                 "fold": k, "training": training, "scenarios": list(scenarios), "mask_rate": rate,
                 "best_epoch": res.best_epoch, "threshold": threshold, "test_metrics": rows, "train": to_dict(tcfg)}
         if tokens.text_meta() is not None:
