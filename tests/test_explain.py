@@ -25,7 +25,7 @@ from mosare.explain import heatmap, report, rna, scenarios
 from mosare.preprocess.reports import scrub, split_sentences, vocabulary_for
 from mosare.preprocess.rna import load_pathways
 
-RESULTS = REPO_ROOT / "assets" / "results" / "tcga-brca"
+RESULTS = REPO_ROOT / "assets" / "results" / "tcga-brca-table2"  # the full scenario grid (Table 2)
 
 
 # --------------------------------------------------------------------------------------------- heatmap
@@ -433,8 +433,8 @@ def test_load_metrics_real(brca_metrics: pd.DataFrame) -> None:
     with open(RESULTS / "metrics.csv", newline="") as fh:
         n_rows = sum(1 for _ in csv.DictReader(fh))
     assert len(brca_metrics) == n_rows
-    assert (brca_metrics["experiment"] == "tcga-brca").all()
-    assert brca_metrics.loc[brca_metrics["model"] == "abmil", "auc"].isna().all()
+    assert (brca_metrics["experiment"] == "tcga-brca-table2").all()
+    assert brca_metrics["auc"].notna().all()  # every model applies to RNA + reports
     assert scenarios.load_metrics(RESULTS, name="run A")["experiment"].unique().tolist() == ["run A"]
 
 
@@ -458,8 +458,6 @@ def test_summary_table_real(brca_metrics: pd.DataFrame) -> None:
     assert row["n_folds"] == len(folds) == 5
     assert row["mean"] == pytest.approx(statistics.mean(folds))
     assert row["std"] == pytest.approx(statistics.stdev(folds))
-    abmil = s[s["model"] == "abmil"]
-    assert abmil["mean"].isna().all() and (abmil["n_folds"] == 0).all()
     f1 = scenarios.summary_table(brca_metrics, "f1")
     got = f1[(f1["model"] == "snn") & (f1["scenario"] == "removed-unmasked") & (f1["mask_rate"] == 0.3)]["mean"].item()
     assert got == pytest.approx(statistics.mean(_raw_folds("snn", "removed-unmasked", 0.3, "f1")))
@@ -470,14 +468,13 @@ def test_grid_table_real(brca_metrics: pd.DataFrame) -> None:
     assert grid.index.names == ["scenario", "mask_rate"]
     assert grid.index[0] == ("complete", 0.0)
     assert ("masked-unmasked", 0.5) in grid.index and ("removed-unmasked", 0.1) in grid.index
-    assert grid.shape == (10, 8)
-    assert list(grid.columns[:2]) == ["mosare", "snn"]
+    assert grid.shape == (10, 4)
+    assert list(grid.columns) == ["mosare", "mosare-paper", "snn", "text"]
     folds = _raw_folds("mosare", "complete", 0.0)
     assert grid.loc[("complete", 0.0), "mosare"] == f"{statistics.mean(folds):.1f} ± {statistics.stdev(folds):.1f}"
-    assert (grid["abmil"] == "NA").all()
-    folds = _raw_folds("porpoise", "masked-masked", 0.3)
+    folds = _raw_folds("text", "masked-masked", 0.3)
     want = f"{statistics.mean(folds):.1f} ± {statistics.stdev(folds):.1f}"
-    assert grid.loc[("masked-masked", 0.3), "porpoise"] == want
+    assert grid.loc[("masked-masked", 0.3), "text"] == want
 
 
 def test_baseline_table_real(brca_metrics: pd.DataFrame) -> None:
@@ -485,8 +482,7 @@ def test_baseline_table_real(brca_metrics: pd.DataFrame) -> None:
     assert list(table.columns) == ["AUC", "F1", "Acc"]
     models = brca_metrics["model"].unique().tolist()
     means = {m: statistics.mean(f) for m in models if (f := _raw_folds(m, "complete", 0.0))}
-    assert table.index.tolist() == sorted(means, key=means.get, reverse=True) + ["abmil"]
-    assert table.loc["abmil"].tolist() == ["NA", "NA", "NA"]
+    assert table.index.tolist() == sorted(means, key=means.get, reverse=True)
     acc = _raw_folds("mosare", "complete", 0.0, "acc")
     assert table.loc["mosare", "Acc"] == f"{statistics.mean(acc):.1f} ± {statistics.stdev(acc):.1f}"
 
@@ -507,5 +503,5 @@ def test_metric_vs_rate_figure_real(brca_metrics: pd.DataFrame) -> None:
     assert mosare_mm.error_y.array[1] == pytest.approx(statistics.stdev(_raw_folds("mosare", "masked-masked", 0.1)))
     assert "(%)" in fig.layout.xaxis.title.text and "(%)" in fig.layout.yaxis.title.text
     assert sum(t.showlegend for t in fig.data) == len(applicable)  # one legend entry per model
-    assert any("abmil" in a.text for a in fig.layout.annotations)
+    assert not any("not applicable" in a.text for a in fig.layout.annotations)  # every model applies
     json.loads(fig.to_json(), parse_constant=lambda c: pytest.fail(f"figure JSON contains {c}"))
