@@ -26,7 +26,8 @@ def cell(v: pd.Series) -> str:
 
 def wall(folder: Path) -> str:
     t = json.loads((folder / "timing.json").read_text())
-    return (f"{t['wall_seconds'] / 60:.1f} min wall, {t['runs']} runs, {t['workers']} worker processes on "
+    reused = f", of which {t['resumed']} reused from an earlier call into the same folder" if t.get("resumed") else ""
+    return (f"{t['wall_seconds'] / 60:.1f} min wall, {t['runs']} runs{reused}, {t['workers']} worker processes on "
             f"{t['device']} (2 cores)")
 
 

@@ -39,8 +39,8 @@ from mosare.preprocess.leak_audit import leak_audit
 from mosare.train.data import FoldFeatures, fit_fold_features
 from mosare.train.loop import fit, predict_probs, resolve_device
 from mosare.train.metrics import choose_threshold, classification_metrics, subset_aucs
-from mosare.train.resume import (RESULT_FORMAT, checkpoint_stem, cohort_fingerprint, drop_result, load_result,
-                                 run_fingerprint, write_result)
+from mosare.train.resume import (RESULT_FORMAT, checkpoint_stem, code_fingerprint, cohort_fingerprint, drop_result,
+                                 load_result, run_fingerprint, write_result)
 from mosare.train.splits import make_scenario, patient_folds, train_val_split
 from mosare.train.summary import summarise
 
@@ -224,7 +224,7 @@ def run_experiment(cohort: Cohort, cfg: ExperimentConfig, out_dir: str | Path, *
     base_fingerprint = None
     if resume:
         base_fingerprint = hashlib.sha256(json.dumps(
-            [RESULT_FORMAT, config_text, cohort_fingerprint(cohort), text_model]).encode()).hexdigest()
+            [RESULT_FORMAT, config_text, cohort_fingerprint(cohort), text_model, code_fingerprint()]).encode()).hexdigest()
     folds = patient_folds(cohort.labels, cfg.folds, cfg.seed)
     n_flagged = audit_reports(cohort, folds, out)
     if n_flagged:

@@ -2,8 +2,8 @@
 
 After each run's checkpoint ``<stem>.safetensors`` (+ ``.json``) a record ``<stem>.result.json`` holding its
 metric rows, run records and per-subset rows is written atomically. A later call into the same folder reuses a
-run whose record, checkpoint and fingerprint (experiment config, cohort data, text model, model / training
-scenario / rate / fold) all match instead of training it again.
+run whose record, checkpoint and fingerprint (experiment config, cohort data, text model, the package source,
+model / training setting / rate / fold) all match instead of training it again.
 """
 
 from __future__ import annotations
@@ -54,6 +54,16 @@ def _digest(h, value) -> None:
         _digest(h, {f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
     else:
         h.update(f"{type(value).__name__}:{value!r}\0".encode())
+
+
+def code_fingerprint() -> str:
+    """sha256 of the mosare package's source: a run finished by other code (an older checkout, or a worker
+    process left over from a killed run) is never reused as if this code had produced it."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
 
 
 def cohort_fingerprint(cohort: Cohort) -> str:
