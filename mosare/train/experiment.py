@@ -13,11 +13,13 @@ subsets.csv (AUC per modality subset of the test cases), runs.csv, history.csv a
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import multiprocessing as mp
 import queue as queue_mod
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -168,6 +170,11 @@ _WORKER: dict = {}
 def _worker_init(threads: int, shared: dict) -> None:
     torch.set_num_threads(threads)
     _WORKER.update(shared, fold_cache={})
+    if sys.platform.startswith("linux"):  # die with the driver: a killed run must not leave workers writing results
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def _setting_in_worker(k: int, training: str, rate: float, scenarios: tuple[str, ...], device: torch.device) -> dict:
