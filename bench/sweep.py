@@ -3,8 +3,8 @@
 usage: python bench/sweep.py [--data ../shared/data/tcga-brca] [--models mosare,snn,text] [--lrs 1e-4,3e-4,1e-3]
                              [--folds-used 0,1,2] [--set fusion=concat] [--workers 2] [--out .cache/sweep]
 
-For each (model, lr, fold): the experiment's own validation split of training fold k (``train_val_split``), the
-experiment's fold-fitted features, training at the default TrainConfig except the lr; the row records the
+For each (model, lr, fold): the experiment's own validation split of training fold k and its training-split
+features (:class:`mosare.train.experiment.Fold`), training at the default TrainConfig except the lr; the row records the
 selected epoch's validation loss and AUC. The test folds are never scored. Prints mean ± std over folds per
 (model, lr) and writes sweep.csv.
 """
@@ -27,12 +27,11 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from mosare.cohort import build_cohort  # noqa: E402
-from mosare.config import ModelConfig, TrainConfig  # noqa: E402
+from mosare.config import ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
 from mosare.model.registry import build_model  # noqa: E402
-from mosare.train.data import fit_fold_features  # noqa: E402
-from mosare.train.experiment import model_config_for  # noqa: E402
+from mosare.train.experiment import Fold, model_config_for  # noqa: E402
 from mosare.train.loop import fit  # noqa: E402
-from mosare.train.splits import patient_folds, train_val_split  # noqa: E402
+from mosare.train.splits import patient_folds  # noqa: E402
 
 _STATE: dict = {}
 
@@ -45,14 +44,14 @@ def _init(cohort, folds, overrides: dict, tcfg: TrainConfig) -> None:
 def _one(model: str, lr: float, k: int) -> dict:
     s = _STATE
     cohort, (train_all, _test) = s["cohort"], s["folds"][k]
-    tr, va = train_val_split(train_all, cohort.labels, s["tcfg"].val_fraction, k)
-    if k not in s["feats"]:
-        s["feats"] = {k: fit_fold_features(cohort, tr, 16, k)}  # as the experiment: the training split only
     mcfg = replace(model_config_for(cohort, ModelConfig()), **s["overrides"])
+    if k not in s["feats"]:  # the experiment's own validation split and training-split features
+        s["feats"] = {k: Fold(cohort, ExperimentConfig(train=s["tcfg"]), mcfg, k, train_all)}
+    fold = s["feats"][k]
     torch.manual_seed(k)
     m = build_model(model, mcfg)
-    res = fit(m, cohort, s["feats"][k], tr, va, cohort.present, replace(s["tcfg"], lr=lr, seed=k), torch.device("cpu"),
-              progress=False)
+    res = fit(m, cohort, fold.tokens("complete-0", cohort.present), fold.train_idx, fold.val_idx, cohort.present,
+              replace(s["tcfg"], lr=lr, seed=k), torch.device("cpu"), progress=False)
     return {"model": model, "lr": lr, "fold": k, "val_loss": res.best_val_loss, "val_auc": res.best_val_auc,
             "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": round(res.seconds, 1)}
 

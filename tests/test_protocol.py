@@ -174,19 +174,9 @@ def test_a_tfidf_checkpoint_embeds_a_new_report_as_its_training_fold_did(tmp_pat
 
 
 def experiment_fold_features(cohort: Cohort, cfg: ExperimentConfig, k: int):
+    """Fold k's features exactly as the experiment fitted them (its validation split, its training split)."""
+    from mosare.train.experiment import Fold
     from mosare.train.splits import patient_folds
 
     train_all = patient_folds(cohort.labels, cfg.folds, cfg.seed)[k][0]
-    tr, _ = train_val_split(train_all, cohort.labels, cfg.train.val_fraction, cfg.seed + k)
-    return fit_fold_features(cohort, tr, 16, cfg.seed + k)
-
-
-def test_report_encoder_stays_bounded_when_few_training_reports_remain():
-    """50 % masking can leave fewer training reports than SVD components: unseen reports must not blow up."""
-    from mosare.preprocess.text_encoder import Z_CLIP, TfidfSvdEncoder
-
-    cohort = _report_cohort(n=24)
-    enc = TfidfSvdEncoder.fit(cohort.rpt_texts[:12], dim=256, seed=0)
-    assert np.count_nonzero(np.abs(enc.components).sum(1)) <= 6  # at most half as many components as reports
-    unseen = enc.encode_reports(cohort.rpt_texts[12:] + ["an entirely different text about margins and nodes"])
-    assert np.isfinite(unseen).all() and np.abs(unseen).max() <= Z_CLIP
+    return Fold(cohort, cfg, model_config_for(cohort, cfg.model), k, train_all).tokens("complete-0", cohort.present)

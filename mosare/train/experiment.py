@@ -68,7 +68,7 @@ def training_grid(cfg: ExperimentConfig) -> list[tuple[str, float, tuple[str, ..
     return [(t, r, tuple(ss)) for (t, r), ss in grid.items()]
 
 
-class _Fold:
+class Fold:
     """One fold's validation split, and the features fitted on its training split for a training setting
     (computed on first use and kept for the next run of the same setting; a fold whose runs are all resumed fits
     nothing). Fitted on the training split only — the validation split must stand to the features as the test
@@ -90,7 +90,7 @@ def _subset_name(present: np.ndarray, mods: tuple[str, ...]) -> str:
     return "+".join(m for m in mods if present[MODALITIES.index(m)]) or "none"
 
 
-def _run_setting(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: int, fold: _Fold, test_idx: np.ndarray,
+def _run_setting(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: int, fold: Fold, test_idx: np.ndarray,
                  training: str, rate: float, scenarios: tuple[str, ...], out: Path, text_model: str,
                  device: torch.device, reasons: dict[str, str | None], on_run_done=None, progress: bool = False,
                  base_fingerprint: str | None = None) -> dict:
@@ -181,7 +181,7 @@ def _setting_in_worker(k: int, training: str, rate: float, scenarios: tuple[str,
     w = _WORKER
     train_all, test_idx = w["folds"][k]
     if k not in w["fold_cache"]:
-        w["fold_cache"] = {k: _Fold(w["cohort"], w["cfg"], w["mcfg"], k, train_all)}  # keep one fold
+        w["fold_cache"] = {k: Fold(w["cohort"], w["cfg"], w["mcfg"], k, train_all)}  # keep one fold
     return _run_setting(w["cohort"], w["cfg"], w["mcfg"], k, w["fold_cache"][k], test_idx, training, rate, scenarios,
                         w["out"], w["text_model"], device, w["reasons"], on_run_done=w["queue"].put,
                         base_fingerprint=w["base_fingerprint"])
@@ -251,7 +251,7 @@ def run_experiment(cohort: Cohort, cfg: ExperimentConfig, out_dir: str | Path, *
     workers = max(1, min(workers, len(tasks)))
     if workers == 1:
         for k, (train_all, test_idx) in enumerate(folds):
-            fold = _Fold(cohort, cfg, mcfg, k, train_all)
+            fold = Fold(cohort, cfg, mcfg, k, train_all)
             for training, rate, scen in grid:
                 results.append(_run_setting(cohort, cfg, mcfg, k, fold, test_idx, training, rate, scen, out, text_model,
                                             device, reasons, on_run_done=done, progress=progress,
