@@ -180,3 +180,14 @@ def experiment_fold_features(cohort: Cohort, cfg: ExperimentConfig, k: int):
 
     train_all = patient_folds(cohort.labels, cfg.folds, cfg.seed)[k][0]
     return Fold(cohort, cfg, model_config_for(cohort, cfg.model), k, train_all).tokens("complete-0", cohort.present)
+
+
+def test_report_encoder_stays_bounded_when_few_training_reports_remain():
+    """50 % masking can leave fewer training reports than SVD components: unseen reports must not blow up."""
+    from mosare.preprocess.text_encoder import Z_CLIP, TfidfSvdEncoder
+
+    cohort = _report_cohort(n=24)
+    enc = TfidfSvdEncoder.fit(cohort.rpt_texts[:12], dim=256, seed=0)
+    assert np.count_nonzero(np.abs(enc.components).sum(1)) <= 6  # at most half as many components as reports
+    unseen = enc.encode_reports(cohort.rpt_texts[12:] + ["an entirely different text about margins and nodes"])
+    assert np.isfinite(unseen).all() and np.abs(unseen).max() <= Z_CLIP
