@@ -45,6 +45,7 @@ class ModelConfig:
     rna_sample_norm: bool = False  # LayerNorm each expression vector over its genes (already z-scored per gene) [True]
     input_dropout: float = 0.2  # dropout on the expression and report vectors while training [0]
     linear_l2: float = 0.1  # L2 penalty on the linear path's weights, added to the loss (its ridge)
+    linear_lr_scale: float = 30.0  # the linear path's learning rate as a multiple of the run's lr (bench/sweep.py)
     # ablation switches (paper Tables 4–5)
     use_cma: bool = True
     use_moe: bool = True
@@ -75,6 +76,8 @@ class ModelConfig:
             raise MosareError(f"fusion must be 'sum' or 'concat', got {self.fusion!r}")
         if not 0 <= self.dropout < 1:
             raise MosareError("dropout must lie in [0, 1)")
+        if not self.linear_lr_scale > 0:
+            raise MosareError("linear_lr_scale must be > 0")
 
     def dim(self, modality: str) -> int:
         return {"wsi": self.wsi_dim, "rna": self.rna_dim, "rpt": self.rpt_dim}[modality]
@@ -99,6 +102,7 @@ class TrainConfig:
     align_warmup: float = 0.25  # fraction of the run (< 1) or epoch (>= 1) at which SymCL and MCL switch on
     patience: int = 10  # epochs without a lower validation loss before stopping
     val_fraction: float = 0.2
+    refit: bool = True  # after selection, retrain on training + validation split for the selected number of epochs
     max_patches: int = 2048  # patches sampled per slide when training; all at inference
     max_sentences: int = 64  # sentences sampled per report bag when training (baselines' text bags); all at inference
     device: str = "auto"
@@ -132,6 +136,7 @@ class ExperimentConfig:
     complete_only: bool = False
     scrub_terms: tuple[str, ...] = ()
     text_encoder: str = "tfidf"  # "tfidf": TF-IDF → SVD fitted on each training fold; "minilm": the sentence model
+    conformal_alpha: float = 0.1  # prediction sets fitted on the validation split to cover 1 − alpha of cases
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -142,6 +147,8 @@ class ExperimentConfig:
             raise MosareError(f"text_encoder must be 'tfidf' or 'minilm', got {self.text_encoder!r}")
         if self.folds < 2:
             raise MosareError("folds must be at least 2")
+        if not 0 < self.conformal_alpha < 1:
+            raise MosareError("conformal_alpha must lie in (0, 1)")
         if any(not 0 <= r < 1 for r in self.mask_rates):
             raise MosareError("mask rates must lie in [0, 1)")
 

@@ -117,6 +117,13 @@ def test_experiment_selection_ignores_test_labels_and_writes_outputs(tmp_path, m
     ckpts = sorted((tmp_path / "a" / "checkpoints").rglob("*.safetensors"))
     assert len(ckpts) == 2 * 2 * 3 and all(p.with_suffix(".json").exists() for p in ckpts)
     assert len(m1) == len(metrics)
+    # every test case of every applicable run, with calibrated probabilities and a conformal set
+    preds = pd.read_csv(tmp_path / "a" / "predictions.csv")
+    assert len(preds) == 2 * 2 * len(cohort)  # (mosare, snn) × 2 scenarios × each patient tested once
+    assert set(preds.prediction_set) <= {"A", "B", "A or B"}
+    assert np.allclose(preds.cal_A + preds.cal_B, 1, atol=1e-4)
+    runs = r1[r1.status == "ok"]
+    assert runs.refit.all() and (runs.temperature > 0).all() and runs.conformal_q.between(0, 1).all()
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):

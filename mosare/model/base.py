@@ -34,5 +34,9 @@ class SubtypingModel(nn.Module):
         ce = F.cross_entropy(out.logits, batch.labels)
         return ce, {"cls": float(ce.detach())}
 
+    def lr_scale(self, param_name: str) -> float:
+        """The learning rate of parameter ``param_name`` as a multiple of the run's lr (default 1)."""
+        return 1.0
+
     def on_batch_end(self, batch: Batch, out: ModelOutput, epoch: int) -> None:
         """Hook for non-gradient state updates (MoSARe's prototype EM). Default: nothing."""

@@ -293,6 +293,10 @@ class MoSARe(SubtypingModel):
         parts = {"cls": cls, "rec": rec, "symcl": symcl, "mcl": mcl}
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
+    def lr_scale(self, param_name: str) -> float:
+        """The linear path is a logistic regression: it needs a larger step than the network to converge."""
+        return self.cfg.linear_lr_scale if param_name.startswith("linear.") else 1.0
+
     def on_batch_end(self, batch: Batch, out: ModelOutput, epoch: int) -> None:
         if self.cfg.use_align:
             self.prototypes.update(out.aux["x_out"], batch.labels)

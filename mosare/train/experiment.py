@@ -8,7 +8,13 @@ Scenarios that train the same model share one run: ``masked-masked`` and ``maske
 the test presence mask, so one model trained on the masked training fold (checkpoint ``masked-<rate>``) is
 scored on both. Each run writes ``checkpoints/<model>/<train>-<rate>/fold<k>.safetensors`` (+ ``.json``,
 ``.history.csv`` and a result record for resuming, see :mod:`mosare.train.resume`). At the end: metrics.csv,
-subsets.csv (AUC per modality subset of the test cases), runs.csv, history.csv and summary.md.
+subsets.csv (AUC per modality subset of the test cases), predictions.csv (every test case of every run: raw and
+temperature-scaled probabilities, conformal prediction set), runs.csv, history.csv and summary.md.
+
+With ``train.refit`` (the default) the selected number of epochs is retrained on training + validation split
+from the same initialisation, and that model is scored and saved: selection needs held-out cases, but throwing a
+fifth of the training fold away for the final model costs accuracy (scikit-learn's refit after a search does the
+same). The threshold, temperature and conformal quantile come from the selection run's validation predictions.
 """
 
 from __future__ import annotations
@@ -39,8 +45,9 @@ from mosare.io.checkpoint import save_checkpoint
 from mosare.model.registry import applicability, build_model
 from mosare.preprocess.leak_audit import leak_audit
 from mosare.train.data import FoldFeatures, fit_fold_features
-from mosare.train.loop import fit, predict_probs, resolve_device
-from mosare.train.metrics import choose_threshold, classification_metrics, subset_aucs
+from mosare.train.calibration import fit_calibration, prediction_rows
+from mosare.train.loop import fit, predict_embeddings, predict_probs, refit, resolve_device
+from mosare.train.metrics import classification_metrics, subset_aucs
 from mosare.train.resume import (RESULT_FORMAT, checkpoint_stem, code_fingerprint, cohort_fingerprint, drop_result,
                                  load_result, run_fingerprint, write_result)
 from mosare.train.splits import make_scenario, patient_folds, train_val_split
@@ -86,6 +93,16 @@ class Fold:
         return self._cache[1]
 
 
+def embedding_map(train: np.ndarray | None, test: np.ndarray | None, n_test: int) -> np.ndarray:
+    """[N_test, 2]: the test cases' fused embeddings on the first two principal axes of the training cases'
+    (NaN for a model without a fused embedding). For the cohort page's map; one map per run."""
+    if train is None or test is None or len(train) < 3:
+        return np.full((n_test, 2), np.nan)
+    mean = train.mean(0)
+    _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
+    return (test - mean) @ vt[:2].T
+
+
 def _subset_name(present: np.ndarray, mods: tuple[str, ...]) -> str:
     return "+".join(m for m in mods if present[MODALITIES.index(m)]) or "none"
 
@@ -96,7 +113,7 @@ def _run_setting(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: in
                  base_fingerprint: str | None = None) -> dict:
     """Every model for one (fold, training setting, mask rate); each trained model is scored on the test
     presence of every scenario it serves. Returns {"rows", "runs", "subsets", "history", "resumed"}."""
-    acc = {"rows": [], "runs": [], "subsets": [], "history": [], "resumed": 0}
+    acc = {"rows": [], "runs": [], "subsets": [], "predictions": [], "history": [], "resumed": 0}
     seed = cfg.seed * 1000 + k * 10 + int(round(rate * 100))
     splits = {s: make_scenario(s, rate, cohort.present, cohort.labels, fold.train_idx, fold.val_idx, test_idx, seed)
               for s in scenarios}
@@ -115,7 +132,7 @@ def _run_setting(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: in
         fingerprint = None if base_fingerprint is None else run_fingerprint(base_fingerprint, name, training, rate, k)
         done = None if fingerprint is None else load_result(stem, fingerprint)
         if done is not None:
-            for key in ("rows", "runs", "subsets"):
+            for key in ("rows", "runs", "subsets", "predictions"):
                 acc[key] += done[key]
             acc["resumed"] += 1
             if on_run_done:
@@ -129,23 +146,35 @@ def _run_setting(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: in
         res = fit(model, cohort, tokens, split.train_idx, split.val_idx, split.present, tcfg, device,
                   desc=f"{name} {training} {rate:g} f{k}", progress=progress)
         y_val = cohort.labels[split.val_idx]
-        threshold = choose_threshold(y_val, predict_probs(model, cohort, tokens, split.val_idx, split.present, device))
-        rows, runs, subsets = [], [], []
+        val_probs = predict_probs(model, cohort, tokens, split.val_idx, split.present, device)
+        calib = fit_calibration(y_val, val_probs, cfg.conformal_alpha)
+        seconds = res.seconds
+        if tcfg.refit:  # the selected number of epochs, now on training + validation split, from the same init
+            torch.manual_seed(cfg.seed + k)
+            model = build_model(name, mcfg)
+            seconds += refit(model, cohort, tokens, np.concatenate([split.train_idx, split.val_idx]), split.present,
+                             tcfg, device, res.best_epoch + 1, desc=f"{name} refit f{k}", progress=progress)
+        rows, runs, subsets, preds = [], [], [], []
+        train_emb = predict_embeddings(model, cohort, tokens, split.train_idx, split.present, device)
         for s in scenarios:
             test_present = splits[s].test_present
             probs = predict_probs(model, cohort, tokens, test_idx, test_present, device)
-            metrics = classification_metrics(cohort.labels[test_idx], probs, threshold)
+            emb = embedding_map(train_emb, predict_embeddings(model, cohort, tokens, test_idx, test_present, device),
+                                len(test_idx))
+            metrics = classification_metrics(cohort.labels[test_idx], probs, calib["threshold"])
             rows.append({**base, "scenario": s, **metrics})
             names = [_subset_name(p, cohort.modalities) for p in test_present[test_idx]]
             subsets += [{**base, "scenario": s, **r} for r in subset_aucs(cohort.labels[test_idx], probs, names)]
+            preds += [{**r, "map_x": xy[0], "map_y": xy[1]} for r, xy in
+                      zip(prediction_rows(cohort, test_idx, probs, names, calib, {**base, "scenario": s}), emb)]
             runs.append({**base, "scenario": s, "status": "ok", "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
-                         "val_loss": round(res.best_val_loss, 4), "val_auc": res.best_val_auc, "threshold": threshold,
-                         "n_train": len(split.train_idx), "seconds": round(res.seconds, 2),
+                         "val_loss": round(res.best_val_loss, 4), "val_auc": res.best_val_auc, **calib,
+                         "refit": tcfg.refit, "n_train": len(split.train_idx), "seconds": round(seconds, 2),
                          "checkpoint": str(stem.relative_to(out))})
         meta = {"classes": list(cohort.classes), "genes": cohort.genes, "text_model": text_model,
                 "scrub_terms": list(cfg.scrub_terms),
                 "fold": k, "training": training, "scenarios": list(scenarios), "mask_rate": rate,
-                "best_epoch": res.best_epoch, "threshold": threshold, "test_metrics": rows, "train": to_dict(tcfg)}
+                "best_epoch": res.best_epoch, **calib, "test_metrics": rows, "train": to_dict(tcfg)}
         if tokens.text_meta() is not None:
             meta["text_encoder"] = tokens.text_meta()
         if fingerprint is not None:
@@ -154,7 +183,8 @@ def _run_setting(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: in
         history = pd.DataFrame(res.history)
         atomic_write_text(stem.with_name(stem.name + ".history.csv"), history.to_csv(index=False, float_format="%.5g"))
         if fingerprint is not None:  # after the checkpoint: a record means the run is complete on disk
-            write_result(stem, fingerprint, rows, runs, subsets)
+            write_result(stem, fingerprint, rows, runs, subsets, preds)
+        acc["predictions"] += preds
         acc["rows"] += rows
         acc["runs"] += runs
         acc["subsets"] += subsets
@@ -292,6 +322,8 @@ def run_experiment(cohort: Cohort, cfg: ExperimentConfig, out_dir: str | Path, *
     atomic_write_text(out / "metrics.csv", metrics_df.to_csv(index=False, float_format="%.2f", na_rep="NA"))
     atomic_write_text(out / "subsets.csv", subsets_df.to_csv(index=False, float_format="%.2f", na_rep="NA"))
     atomic_write_text(out / "runs.csv", runs_df.to_csv(index=False))
+    preds_df = rank(pd.DataFrame([r for x in results for r in x["predictions"]]))
+    atomic_write_text(out / "predictions.csv", preds_df.to_csv(index=False, float_format="%.5g"))
     write_history(out, runs_df)
     seconds = time.perf_counter() - start
     atomic_write_text(out / "timing.json", json.dumps({"wall_seconds": round(seconds, 1), "runs": n_runs,

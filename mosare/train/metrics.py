@@ -56,23 +56,3 @@ def subset_aucs(labels: np.ndarray, probs: np.ndarray, subsets: Sequence[str]) -
         m = subsets == name
         rows.append({"subset": name, "n": int(m.sum()), "auc": auc(labels[m], probs[m])})
     return rows
-
-
-TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
-
-
-def calibrated_nll(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
-    """(lowest mean negative log-likelihood over temperatures T, that T): probabilities softmax(log p / T).
-
-    Used for model selection: unlike the raw validation loss it does not punish a model for being
-    over-confident (a temperature fixes that, Guo et al. 2017), only for ranking and separating cases badly,
-    and unlike AUC it uses every case's probability, not only the order of ~30 positives.
-    """
-    logp = np.log(np.clip(probs, 1e-12, 1.0))
-    best = (np.inf, 1.0)
-    for t in TEMPERATURES:
-        z = logp / t
-        z = z - z.max(axis=1, keepdims=True)
-        nll = float(-(z[np.arange(len(labels)), labels] - np.log(np.exp(z).sum(axis=1))).mean())
-        best = min(best, (nll, float(t)))
-    return best

@@ -22,7 +22,7 @@ from mosare.io.atomic import atomic_write_text
 from mosare.io.checkpoint import read_checkpoint_meta
 
 log = logging.getLogger(__name__)
-RESULT_FORMAT = "mosare-run-result/2"
+RESULT_FORMAT = "mosare-run-result/3"
 
 
 def _digest(h, value) -> None:
@@ -103,7 +103,7 @@ def load_result(stem: Path, fingerprint: str) -> dict | None:
         return None
     if (not isinstance(rec, dict) or rec.get("format") != RESULT_FORMAT or rec.get("fingerprint") != fingerprint
             or meta.get("run_fingerprint") != fingerprint or rec.get("save_id") != meta.get("save_id")
-            or not all(isinstance(rec.get(k), list) for k in ("rows", "runs", "subsets"))):
+            or not all(isinstance(rec.get(k), list) for k in ("rows", "runs", "subsets", "predictions"))):
         return None
     return rec
 
@@ -116,9 +116,10 @@ def drop_result(stem: Path) -> None:
         pass
 
 
-def write_result(stem: Path, fingerprint: str, rows: list[dict], runs: list[dict], subsets: list[dict]) -> None:
+def write_result(stem: Path, fingerprint: str, rows: list[dict], runs: list[dict], subsets: list[dict],
+                 predictions: list[dict]) -> None:
     """Write a run's record after its checkpoint: a record only ever sits next to its own, complete checkpoint."""
     save_id = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8")).get("save_id")
     record = {"format": RESULT_FORMAT, "fingerprint": fingerprint, "save_id": save_id,
-              "rows": rows, "runs": runs, "subsets": subsets}
+              "rows": rows, "runs": runs, "subsets": subsets, "predictions": predictions}
     atomic_write_text(result_path(stem), json.dumps(record, indent=1, default=json_default))

@@ -1,0 +1,86 @@
+"""Linear references on the experiment's own inputs: same patients, folds, scrubbed reports and scoring.
+
+usage: python bench/references.py [--data ../shared/data/tcga-brca] [--out assets/results/tcga-brca/references.csv]
+
+``../shared/tools/references.py`` scores scikit-learn models on its own scrub of the reports (a short word list) and
+pools the out-of-fold probabilities into one AUC. The experiment reports the mean of per-fold AUCs, on reports the
+project's scrubber cleaned (whole subtype phrases, codes, residues: stricter), and trains on the training split
+only (the validation split selects the epoch). This script fits the same linear models on exactly those inputs
+(:class:`mosare.train.experiment.Fold`: expression standardised with the training statistics, the scrubbed report
+texts), twice: on the training split (what the networks learn from) and on the whole training fold (what the
+scikit-learn references learn from). A patient without the modality gets the training prior. Prints per-fold
+mean ± std and pooled AUC; writes one row per (reference, training set, fold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
+from mosare.cohort import build_cohort  # noqa: E402
+from mosare.config import ExperimentConfig, ModelConfig  # noqa: E402
+from mosare.train.experiment import Fold, model_config_for  # noqa: E402
+from mosare.train.splits import patient_folds  # noqa: E402
+
+NAMES = {"rna": "RNA logistic regression", "rpt": "report TF-IDF logistic regression",
+         "late": "late fusion (mean of the two)"}
+
+
+def fold_predictions(cohort, rna: np.ndarray, train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
+    """Test-fold probabilities of ILC for each reference fitted on ``train`` (C as in the shared references)."""
+    y, has = cohort.labels, cohort.present
+    prior = y[train].mean()
+    tr_r, tr_t = train[has[train, 1]], train[has[train, 2]]
+    rna_lr = LogisticRegression(C=0.01, max_iter=3000).fit(rna[tr_r], y[tr_r])
+    p_r = np.where(has[test, 1], rna_lr.predict_proba(rna[test])[:, 1], prior)
+    texts = np.asarray(cohort.rpt_texts, dtype=object)
+    vec = TfidfVectorizer(min_df=2, ngram_range=(1, 2), sublinear_tf=True).fit(texts[tr_t])
+    rpt_lr = LogisticRegression(C=10, max_iter=3000).fit(vec.transform(texts[tr_t]), y[tr_t])
+    p_t = np.where(has[test, 2], rpt_lr.predict_proba(vec.transform(texts[test]))[:, 1], prior)
+    both = has[test, 1] & has[test, 2]
+    late = np.where(both, (p_r + p_t) / 2, np.where(has[test, 1], p_r, p_t))
+    return {"rna": p_r, "rpt": p_t, "late": late}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/tcga-brca")
+    ap.add_argument("--out", type=Path, default=Path("assets/results/tcga-brca/references.csv"))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if not (args.data / "rna.csv.gz").exists():
+        sys.exit(f"bench/references.py: {args.data} has no rna.csv.gz (point --data at the TCGA-BRCA tables)")
+    cohort = build_cohort(args.data / "rna.csv.gz", args.data / "reports.csv.gz", None, label_column="oncotree_code",
+                          classes=("IDC", "ILC"), progress=False, text_encoder="tfidf")
+    mcfg, cfg = model_config_for(cohort, ModelConfig()), ExperimentConfig(seed=args.seed)
+    rows, pooled = [], {}
+    for k, (train_all, test) in enumerate(patient_folds(cohort.labels, cfg.n_folds, cfg.seed)):
+        fold = Fold(cohort, cfg, mcfg, k, train_all)
+        rna = fold.tokens("complete-0", cohort.present).rna  # standardised with the training split's statistics
+        for setting, train in (("training split", fold.train_idx), ("whole training fold", np.sort(train_all))):
+            for ref, p in fold_predictions(cohort, rna, train, test).items():
+                rows.append({"reference": NAMES[ref], "trained_on": setting, "fold": k,
+                             "auc": round(100 * roc_auc_score(cohort.labels[test], p), 2)})
+                pooled.setdefault((NAMES[ref], setting), []).append((cohort.labels[test], p))
+        print(f"fold {k} done", flush=True)
+    df = pd.DataFrame(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out, index=False)
+    for (ref, setting), g in df.groupby(["reference", "trained_on"], sort=False):
+        y, p = (np.concatenate(x) for x in zip(*pooled[(ref, setting)]))
+        print(f"{ref:38s} {setting:20s} per-fold {g.auc.mean():.2f} ± {g.auc.std(ddof=1):.2f} | "
+              f"pooled {100 * roc_auc_score(y, p):.2f}")
+
+
+if __name__ == "__main__":
+    main()
