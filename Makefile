@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: venv test test-all test-slow demo demo-assets demo-cli clean
+.PHONY: venv test test-all test-slow demo demo-assets demo-assets-brca demo-cli clean
 
 venv: .venv/.installed
 
@@ -33,6 +33,10 @@ demo: venv
 # Maintainers: rebuild assets/demo (synthetic cohort -> slide features -> experiment), ~10 min on 2 cores.
 demo-assets: venv
 	$(PY) -m mosare demo-assets --work .cache/demo-build
+
+# Maintainers: ship the real TCGA-BRCA demo (fold-0 model + its held-out patients) after bench/brca_results.sh.
+demo-assets-brca: venv
+	$(PY) -m mosare demo-assets-brca --data ../shared/data/tcga-brca --experiment .cache/brca-results/tcga-brca
 
 # The command-line experiment on the synthetic cohort (what `make demo` ran before the dashboard existed).
 demo-cli: venv

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every BRCA figure the README's results tables show, at the DEFAULT training settings, on this machine.
-# usage: bash bench/brca_results.sh [DATA_DIR] [WORK_DIR]      (≈ 45 min on 2 CPU cores; resumable)
+# usage: bash bench/brca_results.sh [DATA_DIR] [WORK_DIR]      (≈ 70 min on 2 CPU cores; resumable)
 # Writes assets/results/tcga-brca{,-table2,-ablations,-seeds}/ (metrics, per-subset AUC, runs, per-epoch
 # history, config, leak audit, wall time; no checkpoints) and regenerates the README tables from them.
 set -euo pipefail
@@ -19,6 +19,9 @@ run() {  # run NAME [experiment flags...]: train into $WORK/NAME, then copy the 
     rm -rf "assets/results/$name/leak_audit"
     cp "$WORK/$name"/{config.json,metrics.csv,subsets.csv,runs.csv,history.csv,summary.md,timing.json} "assets/results/$name/"
     cp -r "$WORK/$name/leak_audit" "assets/results/$name/"
+    if [ "$name" = tcga-brca ]; then  # every held-out case's prediction: the cohort page reads it (~0.5 MB)
+        cp "$WORK/$name/predictions.csv" "assets/results/$name/"
+    fi
 }
 
 # Must-show 1: the union cohort (natural missingness), complete-data scenario, seed 0
@@ -33,4 +36,6 @@ run tcga-brca-ablations --complete-only --models mosare-no-moe,mosare-no-cma,mos
 for seed in 1 2; do
     run "tcga-brca-seed$seed" --seed "$seed" --models mosare --scenarios complete
 done
+# Linear references on the experiment's own inputs (same folds, scrubbed reports, per-fold scoring)
+"$PY" bench/references.py --data "$DATA" --out assets/results/tcga-brca/references.csv
 "$PY" bench/readme_results.py

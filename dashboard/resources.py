@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
+from mosare import demo_brca
 from mosare.demo import MODEL_PATH, DemoCase, ensure_demo_cases
 from mosare.inference import Predictor
 from mosare.jobs import JobQueue
@@ -25,6 +26,12 @@ def predictor(path: str, device: str) -> Predictor:
 def demo_cases(cache_dir: str) -> list[DemoCase]:
     """The demo cases (written on first launch, then read once per server, not on every rerun)."""
     return ensure_demo_cases(cache_dir)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Preparing the TCGA-BRCA cases (first launch only)…")
+def brca_cases(cache_dir: str) -> list[demo_brca.RealCase]:
+    """The real demo's held-out TCGA-BRCA patients (one-row expression tables written once per cache)."""
+    return demo_brca.brca_cases(cache_dir)
 
 
 @st.cache_resource
@@ -51,7 +58,8 @@ def device_label() -> str:
 @st.cache_data(ttl=60, max_entries=8)
 def find_models(dirs: tuple[Path, ...]) -> dict[str, str]:
     """Label → checkpoint path: the embedded demo model, then every MoSARe-family checkpoint under ``dirs``."""
-    found = {"Demo: MoSARe on the synthetic cohort": str(MODEL_PATH)}
+    found = {"Demo: MoSARe on TCGA-BRCA (real RNA + reports)": str(demo_brca.MODEL_PATH),
+             "Demo: MoSARe on the synthetic cohort (with slides)": str(MODEL_PATH)}
     for d in dirs:
         if not d.is_dir():
             continue

@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     da.add_argument("--out", type=Path, default=None, help="default: the repository's assets/demo")
     da.add_argument("--epochs", type=_positive, default=40)
     da.add_argument("--workers", type=_positive, default=2)
+
+    db = sub.add_parser("demo-assets-brca", help="ship the real TCGA-BRCA demo (a fold's model + its held-out "
+                        "patients) from a finished BRCA experiment into assets/demo-brca")
+    db.add_argument("--data", type=Path, required=True, help="folder with rna.csv.gz and reports.csv.gz")
+    db.add_argument("--experiment", type=Path, required=True, help="the `mosare experiment` output folder")
+    db.add_argument("--fold", type=int, default=0)
+    db.add_argument("--out", type=Path, default=None, help="default: the repository's assets/demo-brca")
     return p
 
 
@@ -275,11 +282,19 @@ def cmd_demo_assets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_assets_brca(args: argparse.Namespace) -> int:
+    from mosare.demo_brca import ASSETS, build_brca_demo
+
+    print(json.dumps(build_brca_demo(args.data, args.experiment, args.out or ASSETS, fold=args.fold), indent=1))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _offline_defaults()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     handler = {"experiment": cmd_experiment, "predict": cmd_predict, "demo-cohort": cmd_demo_cohort, "demo-assets": cmd_demo_assets,
+               "demo-assets-brca": cmd_demo_assets_brca,
                "extract": cmd_extract, "finetune-text": cmd_finetune_text}[args.command]
     try:
         return handler(args)

@@ -18,6 +18,7 @@ from mosare.io.tables import check_report_text, read_table, to_float
 from mosare.preprocess.local_tokens import gmm_local_tokens
 from mosare.preprocess.scrub import has_content
 from mosare.preprocess.text_encoder import TfidfSvdEncoder
+from mosare.train.calibration import apply_temperature, prediction_sets, set_label
 from mosare.types import Batch
 
 MIN_GENE_COVERAGE = 0.5
@@ -51,6 +52,9 @@ class Prediction:
     attention: dict[str, np.ndarray]  # per-case maps (batch dim removed)
     sentence_scores: np.ndarray | None = None  # [S] cluster attention mapped back to sentences
     patch_cluster_scores: np.ndarray | None = None  # [N] cluster attention mapped back to patches
+    calibrated: np.ndarray | None = None  # [K] temperature-scaled probabilities (checkpoints that carry a temperature)
+    prediction_set: str | None = None  # conformal set, e.g. "IDC" or "IDC or ILC" (checkpoints with a quantile)
+    coverage: float | None = None  # the set's target coverage, 1 − alpha
 
     @property
     def label(self) -> str:
@@ -237,6 +241,17 @@ class Predictor:
             return x
         return standardise_rna(x[None], self.extras["rna_mean"], self.extras["rna_std"])[0]
 
+    def _calibrate(self, pred: Prediction) -> None:
+        """Temperature-scaled probabilities and the conformal prediction set, when the checkpoint carries them
+        (fitted on the run's validation split by ``mosare experiment``)."""
+        t, q = self.meta.get("temperature"), self.meta.get("conformal_q")
+        if t is None:
+            return
+        pred.calibrated = apply_temperature(pred.probs[None], float(t))[0]
+        if q is not None:
+            pred.prediction_set = set_label(prediction_sets(pred.calibrated[None], float(q))[0], self.classes)
+            pred.coverage = 1.0 - float(self.meta.get("conformal_alpha", 0.1))
+
     @torch.no_grad()
     def predict(self, case: Case, present: np.ndarray | None = None) -> Prediction:
         return self.predict_many(case, [case.present if present is None else present])[0]
@@ -262,6 +277,7 @@ class Predictor:
             used = use[i]
             pred = Prediction(classes=self.classes, probs=probs[i], present=used,
                               reconstructed=[m for m in mods if not used[MODALITIES.index(m)]], attention=att)
+            self._calibrate(pred)
             if "local_cma" in att:
                 if "rpt" in resp and used[2]:
                     pred.sentence_scores = resp["rpt"] @ att["local_cma"][mods.index("rpt")]

@@ -35,7 +35,19 @@ def _app() -> AppTest:
     return at
 
 
+SYNTHETIC = "Demo: MoSARe on the synthetic cohort (with slides)"
+
+
+def _synthetic(at: AppTest) -> AppTest:
+    """Switch the sidebar to the synthetic three-modality demo model (the app opens on the real BRCA one)."""
+    at.sidebar.selectbox(key="model_label").set_value(SYNTHETIC).run()
+    assert not at.exception, at.exception
+    return at
+
+
 def _load_demo(at: AppTest, index: int = 0) -> AppTest:
+    if at.sidebar.selectbox(key="model_label").value != SYNTHETIC:
+        _synthetic(at)
     box = at.selectbox(key="demo_choice")
     box.set_value(box.options[index]).run()
     at.button(key="load_demo").click().run()
@@ -58,6 +70,47 @@ def _probabilities(at: AppTest) -> np.ndarray:
 
 def _use_box(at: AppTest, label: str):
     return next(c for c in at.checkbox if c.label == label)
+
+
+def test_app_opens_on_a_held_out_real_brca_patient():
+    """The default demo: MoSARe trained on TCGA-BRCA RNA + reports; a held-out patient with both modalities."""
+    import json
+
+    from mosare import demo_brca
+
+    at = _app()
+    assert at.sidebar.selectbox(key="model_label").value.startswith("Demo: MoSARe on TCGA-BRCA")
+    box = at.selectbox(key="brca_choice")
+    pick = next(o for o in box.options if "RNA-seq + Report" in o)
+    box.set_value(pick).run()
+    at.button(key="load_brca").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    _run(at)
+    assert at.metric[0].value in ("IDC", "ILC")
+    assert abs(_probabilities(at).sum() - 1) < 2e-3
+    sets = [m.value for m in (*at.success, *at.warning) if "Prediction set" in m.value]
+    assert len(sets) == 1 and ("IDC" in sets[0] or "ILC" in sets[0]), sets
+    assert any("held out from training" in c.value for c in at.caption)
+    genes = set(json.loads(demo_brca.MODEL_PATH.with_suffix(".json").read_text())["genes"])
+    assert {"CDH1", "TP53"} <= genes  # real gene symbols
+
+    at.switch_page("dashboard/pages/rna.py").run()
+    assert not at.exception, at.exception
+    shown = " ".join(str(c.proto.spec) for c in at.get("plotly_chart")) + " ".join(str(d.value) for d in at.dataframe)
+    assert any(g in shown for g in genes), "no real gene symbol on the RNA page"
+
+    at.switch_page("dashboard/pages/report.py").run()
+    assert not at.exception, at.exception
+    html = "".join(h.proto.body for h in at.get("html"))
+    assert "mosare-sentence" in html and "mosare-top" in html
+
+    at.switch_page("dashboard/pages/slide.py").run()
+    assert not at.exception, at.exception
+    assert any("Slide missing" in i.value for i in at.info)
+
+    at.switch_page("dashboard/pages/about.py").run()
+    assert not at.exception, at.exception
+    assert any("TCGA-BRCA" in m.value for m in at.markdown)
 
 
 def test_demo_case_run_and_every_page():
@@ -129,7 +182,7 @@ def test_all_modalities_off_is_an_error_not_a_crash():
 
 def test_upload_real_svs_end_to_end():
     svs = require_data("slides/cmu-1-small-region.svs")
-    at = _app()
+    at = _synthetic(_app())
     at.file_uploader[0].upload(svs.name, svs.read_bytes(), "application/octet-stream")
     at.text_area[0].input("Invasive carcinoma with cohesive glandular structures. Margins are negative.")
     next(b for b in at.button if b.label == "Load case").click().run()
@@ -144,7 +197,7 @@ def test_upload_real_svs_end_to_end():
 
 def test_broken_upload_shows_an_error_and_the_app_stays_usable():
     broken = require_data("slides/broken.svs")
-    at = _app()
+    at = _synthetic(_app())
     at.file_uploader[0].upload("broken.svs", broken.read_bytes())
     next(b for b in at.button if b.label == "Load case").click().run()
     assert not at.exception, at.exception

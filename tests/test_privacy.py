@@ -74,6 +74,7 @@ def test_app_keeps_the_report_out_of_logs_and_cache_names(tmp_path, demo_cache, 
     monkeypatch.setenv("MOSARE_MODEL_DIRS", str(tmp_path / "none"))
     at = AppTest.from_file(str(REPO_ROOT / "streamlit_app.py"), default_timeout=180)
     at.run()
+    at.sidebar.selectbox(key="model_label").set_value("Demo: MoSARe on the synthetic cohort (with slides)").run()
     at.text_area[0].input(REPORT)
     next(b for b in at.button if b.label == "Load case").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]

@@ -12,7 +12,7 @@ from dashboard import resources, state
 from dashboard.components.badges import modality_badges
 from dashboard.components.jobs import run_queued
 from dashboard.settings import Settings
-from mosare import MODALITIES
+from mosare import MODALITIES, demo_brca
 from mosare.demo import MODEL_PATH
 from mosare.errors import MosareError
 from mosare.io.tables import decode_text
@@ -20,7 +20,7 @@ from mosare.workbench import MODALITY_NAMES, analyse, load_case, modality_status
 
 SLIDE_TYPES = ["svs", "tif", "tiff", "ndpi", "scn", "svslide", "bif", "vms", "vmu", "mrxs", "dcm", "png", "jpg", "jpeg", "h5", "pt"]
 settings = Settings.from_env()
-model_path = st.session_state.get("model_path", str(MODEL_PATH))
+model_path = st.session_state.get("model_path", str(demo_brca.MODEL_PATH))
 
 st.title("Case")
 try:
@@ -66,10 +66,34 @@ def _load(name: str, *, slide_path=None, features_path=None, rna_path=None, repo
                               report_removed=lc.report_removed, truth=truth, use=lc.case.present.copy(), notes=lc.notes))
 
 
+def _real_case(c) -> None:
+    _load(f"TCGA case {c.patient_id}", rna_path=c.rna_path, report_text=c.report_text,
+          truth={"label": c.label, "source": f"TCGA-BRCA, held out from training (test fold {c.fold})"})
+
+
 tab_demo, tab_upload = st.tabs(["Demo case", "Upload a case"])
 with tab_demo:
-    if Path(model_path) != MODEL_PATH:
-        st.info("The demo cases belong to the demo model: pick it in the sidebar, or upload a case.")
+    if Path(model_path) == demo_brca.MODEL_PATH:
+        try:
+            real_cases = resources.brca_cases(str(settings.cache_dir))
+        except MosareError as err:
+            st.error(str(err))
+            real_cases = []
+        wanted = st.session_state.pop("open_case", None)  # set by the Cohort page
+        by_id = {c.patient_id: c for c in real_cases}
+        if wanted and wanted.get("patient_id") in by_id:
+            _real_case(by_id[wanted["patient_id"]])
+        elif wanted:
+            st.info(f"{wanted.get('patient_id')}: its inputs are not shipped with the app (only the demo model's "
+                    "held-out patients are); upload its RNA row or report to run it.")
+        if real_cases:
+            options = {f"{c.patient_id} · {' + '.join(MODALITY_NAMES[m] for m in c.modalities)}": c for c in real_cases}
+            choice = st.selectbox(f"Real TCGA-BRCA patient ({len(real_cases)} held out from training; slides are not "
+                                  "part of these tables)", list(options), key="brca_choice")
+            if st.button("Load patient", key="load_brca", type="primary"):
+                _real_case(options[choice])
+    elif Path(model_path) != MODEL_PATH:
+        st.info("The demo cases belong to the demo models: pick one in the sidebar, or upload a case.")
     else:
         try:
             demo_cases = resources.demo_cases(str(settings.cache_dir))
@@ -83,7 +107,8 @@ with tab_demo:
                 c = options[choice]
                 _load(f"Demo case {c.patient_id}", slide_path=c.slide_path, features_path=c.features_path,
                       rna_path=c.rna_path, report_text=c.report_text,
-                      truth={"label": c.label, "slide_region_bbox": c.slide_region_bbox, "planted_sentence": c.planted_sentence})
+                      truth={"label": c.label, "slide_region_bbox": c.slide_region_bbox, "planted_sentence": c.planted_sentence,
+                             "source": "synthetic cohort"})
 
 with tab_upload:
     with st.form("upload"):
@@ -163,12 +188,23 @@ k = int(p.probs.argmax())
 left, right = st.columns([1, 1])
 with left:
     st.metric("Prediction", p.label, help="the class with the highest probability")
-    st.markdown(f"Probability of **{p.label}**: **{p.probs[k]:.1%}**")
+    shown = p.calibrated if p.calibrated is not None else p.probs
+    kind = "calibrated probability" if p.calibrated is not None else "probability"
+    st.markdown(f"{kind.capitalize()} of **{p.label}**: **{shown[k]:.1%}**")
+    if p.prediction_set is not None:
+        unsure = " or " in p.prediction_set
+        text = f"**{p.prediction_set}**" + (" — unsure" if unsure else "")
+        (st.warning if unsure else st.success)(f"Prediction set ({p.coverage:.0%} coverage): {text}",
+                                               icon=":material/help:" if unsure else ":material/check:")
     with st.container(key="probabilities"):
-        for c, v in zip(p.classes, p.probs.astype(float)):
+        for c, v in zip(p.classes, shown.astype(float)):
             st.progress(v, text=f"P({c}) = {v:.3f}")
+    if p.calibrated is not None:
+        st.caption("Probabilities are temperature-scaled (T fitted on the model's validation split); the prediction "
+                   "set is split-conformal on the same split. Raw: " +
+                   ", ".join(f"P({c}) = {v:.3f}" for c, v in zip(p.classes, p.probs.astype(float))))
     if cs.truth:
-        st.caption(f"Ground truth of this synthetic case: **{cs.truth['label']}**")
+        st.caption(f"Ground truth ({cs.truth.get('source', 'demo case')}): **{cs.truth['label']}**")
 with right:
     used = [MODALITY_NAMES[m] for i, m in enumerate(MODALITIES) if a.used[i]]
     st.markdown(f"**Observed:** {', '.join(used)}")

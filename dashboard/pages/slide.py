@@ -12,7 +12,12 @@ cs = state.get()
 if cs is None or cs.analysis is None:
     st.info("Load a case and press Run on the Case page first.")
 elif cs.view is None:
-    st.info("This case has no slide or patch features.")
+    if "wsi" in cs.analysis.prediction.reconstructed:
+        st.info("Slide missing: this case has no slide or patch features; the model reconstructed the slide's "
+                "tokens from the other modalities (see the Case page).")
+    else:
+        st.info("Slide missing: this case has no slide or patch features, and this model has no slide branch (the "
+                "TCGA-BRCA tables it was trained on carry expression and reports only): it predicts from what is present.")
 else:
     st.caption(f"{cs.name} · prediction **{cs.analysis.prediction.label}**")
     slide_viewer(cs.view, cs.analysis.prediction, (cs.truth or {}).get("slide_region_bbox"))
