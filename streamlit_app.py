@@ -27,6 +27,7 @@ pages = [
     st.Page("dashboard/pages/report.py", title="Report", icon=":material/article:"),
     st.Page("dashboard/pages/rna.py", title="RNA", icon=":material/genetics:"),
     st.Page("dashboard/pages/scenarios.py", title="Scenarios", icon=":material/query_stats:"),
+    st.Page("dashboard/pages/cohort.py", title="Cohort", icon=":material/groups:"),
     st.Page("dashboard/pages/about.py", title="About / model card", icon=":material/info:"),
 ]
 st.navigation(pages).run()

@@ -10,7 +10,10 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+
+from mosare.train.calibration import expected_calibration_error
 
 BEGIN, END = "<!-- BEGIN generated:brca-results -->", "<!-- END generated:brca-results -->"
 # ../shared/tools/references.py ../shared/data/tcga-brca IDC ILC (same 970 patients, same scrubbing rules)
@@ -45,6 +48,36 @@ def union_table(folder: Path) -> list[str]:
         lines.append(f"| `{model}` | **{cell(g.auc)}** | {cell(g.f1)} | {cell(g.acc)} | " + " | ".join(sub) + " |")
     for name, auc in REFERENCES:
         lines.append(f"| reference: {name} | {auc} | | | " + " | " * (len(subsets) - 1) + " |")
+    return lines
+
+
+def calibration(folder: Path) -> list[str]:
+    """Per model, pooled over the 5 test folds: ECE of the raw and the temperature-scaled probabilities, and the
+    conformal prediction sets' coverage (target 1 − alpha) and share of two-class ("unsure") sets."""
+    p = pd.read_csv(folder / "predictions.csv").query("scenario == 'complete'")
+    runs = pd.read_csv(folder / "runs.csv")
+    classes = [c[2:] for c in p.columns if c.startswith("p_")]
+    lines = ["| model | ECE raw | ECE temperature-scaled | mean T | coverage of the prediction sets (target) | unsure sets |",
+             "|---|---|---|---|---|---|"]
+    for model, g in p.groupby("model", sort=False):
+        y = g.truth.map({c: i for i, c in enumerate(classes)}).to_numpy()
+        raw, cal = g[[f"p_{c}" for c in classes]].to_numpy(), g[[f"cal_{c}" for c in classes]].to_numpy()
+        covered = [t in s.split(" or ") for t, s in zip(g.truth, g.prediction_set)]
+        r = runs[(runs.model == model) & (runs.scenario == "complete")]
+        lines.append(f"| `{model}` | {100 * expected_calibration_error(y, raw):.2f} | "
+                     f"{100 * expected_calibration_error(y, cal):.2f} | {r.temperature.mean():.2f} | "
+                     f"{100 * np.mean(covered):.1f} % ({100 * (1 - r.conformal_alpha.mean()):.0f} %) | "
+                     f"{100 * g.prediction_set.str.contains(' or ').mean():.1f} % |")
+    return lines
+
+
+def same_input_references(folder: Path) -> list[str]:
+    df = pd.read_csv(folder / "references.csv")
+    lines = ["| reference (same folds, same scrubbed reports, per-fold AUC) | trained on the training split | "
+             "trained on the whole training fold |", "|---|---|---|"]
+    for ref, g in df.groupby("reference", sort=False):
+        lines.append(f"| {ref} | {cell(g[g.trained_on == 'training split'].auc)} | "
+                     f"{cell(g[g.trained_on == 'whole training fold'].auc)} |")
     return lines
 
 
@@ -121,6 +154,14 @@ def main() -> None:
     out = ["", "#### Union cohort (970 patients, natural missingness), complete-data scenario, seed 0", "",
            f"`assets/results/tcga-brca/` ({wall(r / 'tcga-brca')}). AUC per modality subset of the test patients:", ""]
     out += union_table(r / "tcga-brca") + [""]
+    if (r / "tcga-brca" / "references.csv").is_file():
+        out += ["The shared references above score their own, lighter scrub of the reports and pool the folds into one "
+                "AUC. On exactly the experiment's inputs and scoring (`bench/references.py`, "
+                "`assets/results/tcga-brca/references.csv`):", ""] + same_input_references(r / "tcga-brca") + [""]
+    if (r / "tcga-brca" / "predictions.csv").is_file():
+        out += ["#### Calibration and prediction sets (held-out cases of all 5 folds, union cohort)", "",
+                "Temperature and conformal quantile fitted on each run's validation split; ECE over 10 confidence bins, "
+                "in percent. From `assets/results/tcga-brca/predictions.csv`.", ""] + calibration(r / "tcga-brca") + [""]
     if (r / "tcga-brca-seed1").is_dir():
         out += ["#### `mosare` over seeds (union cohort, complete data)", ""] + seeds(r) + [""]
     if (r / "tcga-brca-table2").is_dir():
@@ -138,6 +179,11 @@ def main() -> None:
                 "models fold 0 (and `mosare-paper` fold 1 at 1e-4). Defaults, by lowest validation loss: `mosare` "
                 "1e-4, `snn` 1e-3, `text` 3e-4; `mosare-paper` shares `mosare`'s 1e-4 (its fold-0 minimum was at "
                 "3e-4: a thin basis, said so here).", ""] + sweep(r / "lr-sweep") + [""]
+    lls = r / "lr-sweep" / "linear-lr-scale.md"
+    if lls.is_file():
+        body = lls.read_text(encoding="utf-8").split("\n", 2)[2].strip()
+        out += ["#### The linear path's step size (validation splits only; `assets/results/lr-sweep/linear-lr-scale.md`)",
+                "", body, ""]
     text = a.readme.read_text(encoding="utf-8")
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{a.readme}: no {BEGIN} … {END} markers")

@@ -64,7 +64,7 @@ def main() -> None:
                           classes=("IDC", "ILC"), progress=False, text_encoder="tfidf")
     mcfg, cfg = model_config_for(cohort, ModelConfig()), ExperimentConfig(seed=args.seed)
     rows, pooled = [], {}
-    for k, (train_all, test) in enumerate(patient_folds(cohort.labels, cfg.n_folds, cfg.seed)):
+    for k, (train_all, test) in enumerate(patient_folds(cohort.labels, cfg.folds, cfg.seed)):
         fold = Fold(cohort, cfg, mcfg, k, train_all)
         rna = fold.tokens("complete-0", cohort.present).rna  # standardised with the training split's statistics
         for setting, train in (("training split", fold.train_idx), ("whole training fold", np.sort(train_all))):

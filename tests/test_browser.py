@@ -2,8 +2,9 @@
 
 What AppTest (tests/test_dashboard.py) cannot see: the page as a user gets it, i.e. the front end rendering the
 prediction metric and probability bars, the plotly heatmap actually painting its image, and the report's
-highlighted sentences. The flow: open the app (the demo cases already materialised in the session cache)
--> Load demo case -> Run -> Slide page -> Report page, with a screenshot of each page.
+highlighted sentences. Two flows: the default real demo (a held-out TCGA-BRCA patient: Case -> RNA -> Report ->
+Slide "missing" -> Cohort) and the synthetic three-modality demo (Load demo case -> Run -> Slide heatmap -> Report),
+with screenshots.
 
 Screenshots go to the test's ``tmp_path`` and, when ``$MOSARE_SCREENSHOT_DIR`` is set, are copied there too
 (CI artefacts, README images). Without Chromium (or the playwright package) the test is skipped on a developer
@@ -13,6 +14,7 @@ machine and fails on CI (``CI=true``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -196,7 +198,84 @@ def _explain_failure(server: StreamlitServer, page, out_dir: Path) -> Iterator[N
         raise
 
 
-def test_demo_case_in_a_real_browser(chromium: str, streamlit_server: StreamlitServer, tmp_path: Path):
+def _nav(page, name: str) -> None:
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=name, exact=True).click()
+
+
+def _copy_shots(shots: list[Path]) -> None:
+    target = os.environ.get("MOSARE_SCREENSHOT_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        for shot in shots:
+            shutil.copy2(shot, Path(target) / shot.name)
+
+
+def test_real_brca_case_in_a_real_browser(chromium: str, streamlit_server: StreamlitServer, tmp_path: Path):
+    """The app's default demo: a held-out TCGA-BRCA patient (RNA + report, no slide) through every page."""
+    from playwright.sync_api import expect, sync_playwright
+
+    genes = json.loads((REPO_ROOT / "assets/demo-brca/model/mosare.json").read_text(encoding="utf-8"))["genes"]
+    shots_dir = tmp_path / "screenshots"
+    shots_dir.mkdir()
+    shots: list[Path] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(STEP_S * 1000)
+            with _explain_failure(streamlit_server, page, shots_dir):
+                page.goto(streamlit_server.url, wait_until="domcontentloaded")
+                load = page.get_by_role("button", name="Load patient", exact=True)
+                wait_for_app(page, load, timeout=FIRST_PAGE_S)
+                load.click()
+                run = page.get_by_role("button", name="Run", exact=True)
+                wait_for_app(page, run)
+                for label in ("RNA-seq", "Report"):
+                    expect(page.get_by_role("checkbox", name=label)).to_be_checked()
+                expect(page.get_by_role("checkbox", name="Slide")).to_be_disabled()
+                run.click()
+                probabilities = page.locator(".st-key-probabilities")
+                wait_for_app(page, probabilities.get_by_text("P(ILC) ="))
+                metric = page.locator('[data-testid="stMetric"]').filter(has_text="Prediction")
+                assert metric.locator('[data-testid="stMetricValue"]').inner_text().strip() in ("IDC", "ILC")
+                expect(page.get_by_text("Prediction set (90% coverage)")).to_be_visible()
+                expect(page.get_by_text("held out from training")).to_be_visible()
+                _shoot(page, "dashboard-case", shots_dir, shots)
+
+                _nav(page, "RNA")
+                chart = page.locator('[data-testid="stPlotlyChart"]')
+                wait_for_app(page, chart)
+                shown = " ".join(chart.all_inner_texts())
+                assert any(g in shown.split() for g in genes), "no real gene symbol drawn on the RNA page"
+                _shoot(page, "dashboard-rna", shots_dir, shots)
+
+                _nav(page, "Report")
+                top = page.locator(".mosare-report .mosare-top")
+                wait_for_app(page, top)
+                assert top.count() >= 1
+                expect(top.first).to_be_visible()
+                assert len(top.first.inner_text().split()) >= 3  # a real sentence, not a token
+                _shoot(page, "dashboard-report", shots_dir, shots)
+
+                _nav(page, "Slide")
+                missing = page.get_by_text("Slide missing")
+                wait_for_app(page, missing)
+                expect(missing).to_be_visible()
+
+                _nav(page, "Cohort")
+                charts = page.locator('[data-testid="stPlotlyChart"]')
+                wait_for_app(page, charts)
+                assert charts.count() >= 1
+                expect(charts.first.locator("svg.main-svg").first).to_be_visible()
+                _shoot(page, "dashboard-cohort", shots_dir, shots)
+                assert page.locator('[data-testid="stException"]').count() == 0
+        finally:
+            browser.close()
+    _copy_shots(shots)
+    print(f"screenshots: {shots_dir}")
+
+
+def test_synthetic_demo_case_in_a_real_browser(chromium: str, streamlit_server: StreamlitServer, tmp_path: Path):
     from playwright.sync_api import expect, sync_playwright
 
     shots_dir = tmp_path / "screenshots"
@@ -211,6 +290,9 @@ def test_demo_case_in_a_real_browser(chromium: str, streamlit_server: StreamlitS
             with _explain_failure(streamlit_server, page, shots_dir):
                 t = time.monotonic()
                 page.goto(streamlit_server.url, wait_until="domcontentloaded")
+                wait_for_app(page, page.get_by_role("button", name="Load patient", exact=True), timeout=FIRST_PAGE_S)
+                page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+                page.get_by_role("option", name="Demo: MoSARe on the synthetic cohort (with slides)").click()
                 load = page.get_by_role("button", name="Load demo case", exact=True)
                 wait_for_app(page, load, timeout=FIRST_PAGE_S)  # the first page loads the model
                 timings["first page"] = time.monotonic() - t
@@ -245,7 +327,7 @@ def test_demo_case_in_a_real_browser(chromium: str, streamlit_server: StreamlitS
                 for bar in bars.all():
                     box = bar.bounding_box()
                     assert box is not None and box["width"] > 50 and box["height"] > 0
-                _shoot(page, "dashboard-case", shots_dir, shots)
+                _shoot(page, "dashboard-synthetic-case", shots_dir, shots)
 
                 t = time.monotonic()
                 page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Slide", exact=True).click()
@@ -271,14 +353,9 @@ def test_demo_case_in_a_real_browser(chromium: str, streamlit_server: StreamlitS
                     colour = span.evaluate("e => getComputedStyle(e).backgroundColor")
                     assert colour not in ("transparent", "rgba(0, 0, 0, 0)"), colour
                     assert not colour.startswith("rgba(") or float(colour.rstrip(")").split(",")[-1]) > 0.1, colour
-                _shoot(page, "dashboard-report", shots_dir, shots)
+                _shoot(page, "dashboard-synthetic-report", shots_dir, shots)
         finally:
             browser.close()
-
-    target = os.environ.get("MOSARE_SCREENSHOT_DIR")
-    if target:
-        Path(target).mkdir(parents=True, exist_ok=True)
-        for shot in shots:
-            shutil.copy2(shot, Path(target) / shot.name)
+    _copy_shots(shots)
     print("browser flow (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     print(f"screenshots: {shots_dir}" + (f" (copied to {target})" if target else ""))
