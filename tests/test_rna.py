@@ -262,3 +262,35 @@ def test_log2_fold_change_refuses_negative(tmp_path: Path) -> None:
     assert str(tmp_path / "z.csv") in str(err.value)
     with pytest.raises(InputError, match="non-negative"):
         log2_fold_change(df.abs(), df)
+
+
+@pytest.mark.parametrize("style", ["symbol|entrez", "versioned-ensembl"])
+def test_checkpoint_finds_its_own_genes_whatever_the_id_style(tmp_path, style, capsys):
+    """Training and prediction clean gene ids with one function: a model trained on `TP53|7157` or
+    `ENSG….16` columns finds every gene in a one-case table of the same kind (CLI predict and the app's road)."""
+    from mosare.cli import main
+    from mosare.inference import Predictor
+
+    symbols = ["TP53", "CDH1", "GATA3", "ERBB2", "FOXA1", "KRT5"]
+    ensembl = ["ENSG00000141510", "ENSG00000039068", "ENSG00000107485", "ENSG00000141736", "ENSG00000129514",
+               "ENSG00000186081"]
+    cols = [f"{s}|{1000 + i}" for i, s in enumerate(symbols)] if style == "symbol|entrez" else \
+        [f"{e}.{i + 3}" for i, e in enumerate(ensembl)]
+    rng = np.random.default_rng(0)
+    y = np.arange(16) % 2
+    x = rng.normal(size=(16, len(cols))) + y[:, None]
+    df = pd.DataFrame(x, columns=cols)
+    df.insert(0, "subtype", np.where(y == 1, "B", "A"))
+    df.insert(0, "patient_id", [f"P{i}" for i in range(16)])
+    df.to_csv(tmp_path / "rna.csv", index=False)
+    assert main(["experiment", "--rna", str(tmp_path / "rna.csv"), "--label-column", "subtype", "--classes", "A,B",
+                 "--out", str(tmp_path / "run"), "--folds", "2", "--epochs", "1", "--models", "snn",
+                 "--scenarios", "complete", "--device", "cpu", "--hidden", "16"]) == 0
+    ckpt = next((tmp_path / "run" / "checkpoints").rglob("fold0.safetensors"))
+    df.iloc[[0], 2:].to_csv(tmp_path / "case.csv", index=False)  # one case, the same column style
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(ckpt), "--rna", str(tmp_path / "case.csv"), "--device", "cpu"]) == 0
+    assert "prediction" in capsys.readouterr().out
+    predictor = Predictor(ckpt)
+    assert predictor.genes == (symbols if style == "symbol|entrez" else ensembl)
+    assert predictor.make_case(rna=tmp_path / "case.csv").gene_coverage == 1.0

@@ -394,6 +394,32 @@ def _numeric_block(block: pd.DataFrame) -> tuple[np.ndarray, list[int]]:
     return out, bad
 
 
+ENSEMBL = re.compile(r"^(ENS[A-Z]*[GT]\d{6,})(?:\.\d+)?(_PAR_Y)?$", re.IGNORECASE)
+GENE_SUFFIXES = ("_rnaseq", "_rna", "_expression", "_mrna")
+
+
+def clean_gene_id(gene: object) -> str | None:
+    """Normalise one gene identifier; ``None`` for an empty id or a duplicate pseudo-autosomal copy.
+
+    ``TP53_rnaseq`` → ``TP53``; ``TP53|7157`` → ``TP53``; ``ENSG00000141510.16`` → ``ENSG00000141510``;
+    ``ENSG00000182378.14_PAR_Y`` → ``None`` (GENCODE's chrY copy of a chrX gene).
+    """
+    if gene is None or (isinstance(gene, float) and np.isnan(gene)):
+        return None
+    g = str(gene).strip()
+    for suffix in GENE_SUFFIXES:
+        if g.lower().endswith(suffix) and len(g) > len(suffix):
+            g = g[: -len(suffix)]
+            break
+    if "|" in g:
+        symbol, _, rest = g.partition("|")
+        g = symbol if symbol and symbol != "?" else rest
+    m = ENSEMBL.match(g)
+    if m:
+        return None if m.group(2) else m.group(1).upper()
+    return g or None
+
+
 def read_rna_table(path: str | Path, label_column: str) -> tuple[pd.DataFrame, pd.Series]:
     """-> (expression [patients × genes] float32 indexed by patient_id, labels Series).
 
@@ -412,7 +438,12 @@ def read_rna_table(path: str | Path, label_column: str) -> tuple[pd.DataFrame, p
     values, bad = _numeric_block(df)
     if bad:
         raise InputError(f"{path}: non-numeric gene column(s) {', '.join(str(df.columns[j]) for j in bad[:5])}")
-    names = [str(c).removesuffix("_rnaseq") for c in df.columns]
+    # the same gene-id cleaner as prediction (``TP53|7157``, ``ENSG….16``, ``_rnaseq`` → one id), so a checkpoint
+    # trained on such a table finds its own genes in a one-case table of the same kind
+    names = [clean_gene_id(c) for c in df.columns]
+    keep = [n is not None for n in names]
+    if not all(keep):  # GENCODE's chrY copies of chrX genes
+        df, values, names = df.loc[:, keep], values[:, keep], [n for n in names if n is not None]
     inf = np.isinf(values)
     if inf.any():
         r, c = (int(v[0]) for v in np.nonzero(inf))

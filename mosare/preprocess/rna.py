@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from mosare.errors import InputError
-from mosare.io.tables import TableFormat, inspect_table
+from mosare.io.tables import ENSEMBL as _ENSEMBL
+from mosare.io.tables import TableFormat, clean_gene_id, inspect_table
 
 PATHWAY_DIR = Path(__file__).resolve().parents[2] / "assets" / "pathways"
 DEFAULT_PATHWAYS = PATHWAY_DIR / "combine_signatures.csv"
@@ -43,9 +44,7 @@ _ANNOTATION_COLUMNS = {
     "cytoband",
 }  # fmt: skip
 
-_ENSEMBL = re.compile(r"^(ENS[A-Z]*[GT]\d{6,})(?:\.\d+)?(_PAR_Y)?$", re.IGNORECASE)
 _SAMPLE_LIKE = re.compile(r"^(TCGA|TARGET|GTEX|CPTAC|HCM)-", re.IGNORECASE)
-_SUFFIXES = ("_rnaseq", "_rna", "_expression", "_mrna")
 
 
 # --------------------------------------------------------------------------- reading
@@ -55,28 +54,6 @@ def _sniff(path: Path) -> TableFormat:
     """Compression, encoding, separator and header, with the size/row/column caps checked before parsing
     (:func:`mosare.io.tables.inspect_table`); InputError when the file is empty, binary or too big."""
     return inspect_table(path)
-
-
-def clean_gene_id(gene: object) -> str | None:
-    """Normalise one gene identifier; ``None`` for an empty id or a duplicate pseudo-autosomal copy.
-
-    ``TP53_rnaseq`` → ``TP53``; ``TP53|7157`` → ``TP53``; ``ENSG00000141510.16`` → ``ENSG00000141510``;
-    ``ENSG00000182378.14_PAR_Y`` → ``None`` (GENCODE's chrY copy of a chrX gene).
-    """
-    if gene is None or (isinstance(gene, float) and np.isnan(gene)):
-        return None
-    g = str(gene).strip()
-    for suffix in _SUFFIXES:
-        if g.lower().endswith(suffix) and len(g) > len(suffix):
-            g = g[: -len(suffix)]
-            break
-    if "|" in g:
-        symbol, _, rest = g.partition("|")
-        g = symbol if symbol and symbol != "?" else rest
-    m = _ENSEMBL.match(g)
-    if m:
-        return None if m.group(2) else m.group(1).upper()
-    return g or None
 
 
 @lru_cache(maxsize=1)
