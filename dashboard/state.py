@@ -28,6 +28,8 @@ class CaseState:
     use: np.ndarray = field(default_factory=lambda: np.ones(3, bool))
     analysis: Analysis | None = None
     notes: list[str] = field(default_factory=list)  # e.g. extraction throughput
+    # (modality selection, modality) -> its CaseAttribution: computed once per case, kept across switches
+    attributions: dict[tuple, Any] = field(default_factory=dict)
 
 
 def get() -> CaseState | None:

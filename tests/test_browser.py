@@ -239,7 +239,7 @@ def test_real_brca_case_in_a_real_browser(chromium: str, streamlit_server: Strea
                 metric = page.locator('[data-testid="stMetric"]').filter(has_text="Prediction")
                 assert metric.locator('[data-testid="stMetricValue"]').inner_text().strip() in ("IDC", "ILC")
                 expect(page.get_by_text("Prediction set (90% coverage)")).to_be_visible()
-                expect(page.get_by_text("held out from training")).to_be_visible()
+                expect(page.get_by_text("held out from training").first).to_be_visible()
                 _shoot(page, "dashboard-case", shots_dir, shots)
 
                 _nav(page, "RNA")
@@ -358,4 +358,4 @@ def test_synthetic_demo_case_in_a_real_browser(chromium: str, streamlit_server: 
             browser.close()
     _copy_shots(shots)
     print("browser flow (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
-    print(f"screenshots: {shots_dir}" + (f" (copied to {target})" if target else ""))
+    print(f"screenshots: {shots_dir}")

@@ -15,9 +15,9 @@ from dashboard import resources
 T = TypeVar("T")
 
 
-def run_queued(fn: Callable[..., T], *args: Any, label: str, **kwargs: Any) -> T:
+def run_queued(fn: Callable[..., T], *args: Any, label: str, unit: str = "tiles", **kwargs: Any) -> T:
     """``fn(*args, on_progress=callback, **kwargs)`` on the shared queue; a progress bar follows the callback's
-    (done, total, rate) and shows the place in the queue while waiting."""
+    (done, total, rate in ``unit`` per second) and shows the place in the queue while waiting."""
     queue = resources.job_queue()
     latest: dict[str, Any] = {}
     lock = threading.Lock()
@@ -33,8 +33,9 @@ def run_queued(fn: Callable[..., T], *args: Any, label: str, **kwargs: Any) -> T
         with lock:
             snap = dict(latest)
         if snap:
+            rate = f"{snap['rate']:.0f}" if snap["rate"] >= 10 else f"{snap['rate']:.1f}"
             bar.progress(snap["done"] / max(1, snap["total"]),
-                         text=f"{label}: {snap['done']}/{snap['total']} tiles · {snap['rate']:.0f} tiles/s")
+                         text=f"{label}: {snap['done']}/{snap['total']} {unit} · {rate} {unit}/s")
         time.sleep(0.1)
     bar.empty()
     return future.result()

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from mosare.explain import heatmap
+from mosare.explain.attribution import DIVERGING_CMAP, CaseAttribution, signed01
 from mosare.inference import Prediction
 from mosare.workbench import SlideView, read_tile_region, read_tiles
 
@@ -95,3 +96,38 @@ def slide_viewer(view: SlideView, pred: Prediction, truth_bbox: list[int] | None
                        "mosare-tile-scores.csv", "text/csv", key="dl_csv")
     d3.download_button("QuPath GeoJSON", lambda: json.dumps(heatmap.tiles_geojson(view.coords, view.tile_size, named)),
                        "mosare-tiles.geojson", "application/geo+json", key="dl_geo")
+
+
+def tile_attribution(view: SlideView, result: CaseAttribution, gallery: int = 4) -> None:
+    """The scored tiles twice, side by side: coloured by their signed occlusion attribution (diverging) and by
+    their ABMIL attention (percentile among them), then the tiles that pushed most toward / away."""
+    m = result.modalities["wsi"]
+    n = len(view.coords)
+    signed, att = np.full(n, np.nan), np.full(n, np.nan)
+    signed[m.index], att[m.index] = m.attribution, heatmap.normalise(m.attention, "percentile")
+    left, right = st.columns(2)
+    for col, values, cmap, bar in ((left, signed01(signed), DIVERGING_CMAP, ("Δ P when removed", "away", "toward")),
+                                   (right, att, heatmap.DEFAULT_COLORMAP, ("ABMIL attention (percentile)", "low", "high"))):
+        with col:
+            rgb = heatmap.heatmap_overlay(view.thumbnail, view.coords, view.tile_size, view.downsample, values, cmap,
+                                          0.75, True)
+            st.image(rgb, caption=f"the {len(m.index)} highest-attention tiles")
+            st.image(heatmap.colorbar_png(cmap, bar[0], low=bar[1], high=bar[2]), width=320)
+    order = np.argsort(-m.attribution, kind="stable")
+    toward = [j for j in order if m.attribution[j] > 0][:gallery]
+    away = [j for j in order[::-1] if m.attribution[j] < 0][:gallery]
+    for title, pick in ((f"Tiles that pushed most toward {result.label}", toward),
+                        (f"Tiles that pushed most away from {result.label}", away)):
+        if not pick:
+            continue
+        st.markdown(f"**{title}**")
+        idx = m.index[pick]
+        tiles = read_tiles(view, idx) if view.slide_path is not None else []
+        cols = st.columns(gallery)
+        for j, (i, rank) in enumerate(zip(idx, pick)):
+            caption = f"#{i} · Δ {m.attribution[rank]:+.4f} · attention rank {rank + 1}"
+            with cols[j]:
+                if tiles:
+                    st.image(tiles[j], caption=caption)
+                else:
+                    st.caption(caption)

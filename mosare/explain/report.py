@@ -62,6 +62,55 @@ def highlight_html(
     return '<div class="mosare-report">' + " ".join(spans) + "</div>"
 
 
+TOWARD_RGB = (178, 24, 43)  # diverging pair (ColorBrewer RdBu ends): toward the predicted class
+AWAY_RGB = (33, 102, 172)  # ... and away from it
+
+
+def signed_highlight_html(
+    sentences: list[str],
+    scores: np.ndarray,
+    label: str,
+    toward: tuple[int, int, int] = TOWARD_RGB,
+    away: tuple[int, int, int] = AWAY_RGB,
+) -> str:
+    """Sentences as one ``<div class="mosare-attribution">`` coloured by a *signed* score (each sentence a
+    ``<span class="mosare-sentence">``; a separate container class from :func:`highlight_html`'s attention view).
+
+    Args:
+        sentences: the report's sentences, in order.
+        scores: ``[S]`` signed attribution, e.g. Δ P(``label``) when the sentence is removed; NaN: not scored.
+        label: the class the scores point toward (shown in the tooltips).
+        toward, away: the hues of positive and negative scores; the alpha grows linearly with
+            ``|score| / max |score|`` from 0.05 to 0.85 (a zero score stays almost clear).
+
+    Each scored span carries ``data-score`` (signed), a ``title`` tooltip and the background colour; the
+    ``TOP_K`` highest positive scores also get class ``mosare-toward`` and ``data-rank`` (1 = strongest push toward).
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if s.shape[0] != len(sentences):
+        raise ValueError(f"{len(sentences)} sentences but {s.shape[0]} scores")
+    finite = np.abs(s[np.isfinite(s)])
+    scale = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    pos = np.where(s > 0, s, np.nan)
+    rank = {int(i): k + 1 for k, i in enumerate(_descending(pos)[:TOP_K])}
+    name = html.escape(str(label), quote=True)
+    spans = []
+    for i, sentence in enumerate(sentences):
+        text = html.escape(sentence)
+        if not np.isfinite(s[i]):
+            spans.append(f'<span class="mosare-sentence">{text}</span>')
+            continue
+        r, g, b = toward if s[i] >= 0 else away
+        alpha = ALPHA_MIN + (ALPHA_MAX - ALPHA_MIN) * min(1.0, abs(s[i]) / scale)
+        cls = "mosare-sentence mosare-toward" if i in rank else "mosare-sentence"
+        ranked = f' data-rank="{rank[i]}"' if i in rank else ""
+        spans.append(
+            f'<span class="{cls}"{ranked} data-score="{s[i]:+.4g}" title="Δ P({name}) = {s[i]:+.4g}" '
+            f'style="background-color: rgba({r},{g},{b},{alpha:.3f})">{text}</span>'
+        )
+    return '<div class="mosare-attribution">' + " ".join(spans) + "</div>"
+
+
 def _escape_lines(text: str) -> str:
     return html.escape(text).replace("\n", "<br>")
 

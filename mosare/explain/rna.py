@@ -72,3 +72,15 @@ def bar_figure(labels: list[str], values: list[float], title: str, x_title: str)
         margin={"l": 10, "r": 10, "t": 50, "b": 40},
     )
     return fig
+
+
+def signed_bar_figure(labels: list[str], values: list[float], title: str, x_title: str,
+                      toward: str = "#b2182b", away: str = "#2166ac") -> go.Figure:
+    """Horizontal bars of signed ``values``: the most positive at the top, positive bars in ``toward``, negative
+    in ``away`` (e.g. a gene's attribution toward / away from the predicted class)."""
+    fig = bar_figure(labels, values, title, x_title)
+    bar = fig.data[0]
+    bar.marker.color = [toward if v >= 0 else away for v in bar.x]
+    bar.hovertemplate = "%{y}: %{x:+.3g}<extra></extra>"
+    fig.add_vline(x=0, line_width=1, line_color="#888")
+    return fig
