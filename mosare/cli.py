@@ -218,9 +218,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pred = predictor.predict(case)
     given = [m for m, p in zip(("wsi", "rna", "rpt"), pred.present) if p]
     print(f"modalities: {', '.join(given)}" + (f" (reconstructed: {', '.join(pred.reconstructed)})" if pred.reconstructed else ""))
-    for c, p in zip(pred.classes, pred.probs):
-        print(f"{c}\t{p:.4f}")
+    for i, (c, p) in enumerate(zip(pred.classes, pred.probs)):
+        print(f"{c}\t{p:.4f}" + (f"\tcalibrated {pred.calibrated[i]:.4f}" if pred.calibrated is not None else ""))
     print(f"prediction\t{pred.label}")
+    if pred.prediction_set is not None:
+        print(f"prediction set ({pred.coverage:.0%} coverage)\t{pred.prediction_set}"
+              + ("\t(unsure)" if " or " in pred.prediction_set else ""))
     return 0
 
 

@@ -63,6 +63,17 @@ def _run(at: AppTest) -> AppTest:
     return at
 
 
+def _page(at: AppTest, name: str) -> AppTest:
+    at.switch_page(f"dashboard/pages/{name}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _report_highlighted(at: AppTest) -> None:
+    html = "".join(h.proto.body for h in _page(at, "report").get("html"))
+    assert "mosare-sentence" in html and "mosare-top" in html
+
+
 def _probabilities(at: AppTest) -> np.ndarray:
     bars = [e for e in at.get("progress") if "P(" in e.proto.text]
     return np.array([float(e.proto.text.split("=")[-1]) for e in bars])
@@ -94,23 +105,13 @@ def test_app_opens_on_a_held_out_real_brca_patient():
     genes = set(json.loads(demo_brca.MODEL_PATH.with_suffix(".json").read_text())["genes"])
     assert {"CDH1", "TP53"} <= genes  # real gene symbols
 
-    at.switch_page("dashboard/pages/rna.py").run()
-    assert not at.exception, at.exception
+    _page(at, "rna")
     shown = " ".join(str(c.proto.spec) for c in at.get("plotly_chart")) + " ".join(str(d.value) for d in at.dataframe)
     assert any(g in shown for g in genes), "no real gene symbol on the RNA page"
 
-    at.switch_page("dashboard/pages/report.py").run()
-    assert not at.exception, at.exception
-    html = "".join(h.proto.body for h in at.get("html"))
-    assert "mosare-sentence" in html and "mosare-top" in html
-
-    at.switch_page("dashboard/pages/slide.py").run()
-    assert not at.exception, at.exception
-    assert any("Slide missing" in i.value for i in at.info)
-
-    at.switch_page("dashboard/pages/about.py").run()
-    assert not at.exception, at.exception
-    assert any("TCGA-BRCA" in m.value for m in at.markdown)
+    _report_highlighted(at)
+    assert any("Slide missing" in i.value for i in _page(at, "slide").info)
+    assert any("TCGA-BRCA" in m.value for m in _page(at, "about").markdown)
 
 
 def test_demo_case_run_and_every_page():
@@ -129,14 +130,8 @@ def test_demo_case_run_and_every_page():
     at.selectbox(key="hm_score").set_value(at.selectbox(key="hm_score").options[-1]).run()
     assert not at.exception, at.exception
 
-    at.switch_page("dashboard/pages/report.py").run()
-    assert not at.exception, at.exception
-    html = "".join(h.proto.body for h in at.get("html"))
-    assert "mosare-sentence" in html and "mosare-top" in html
-
-    at.switch_page("dashboard/pages/rna.py").run()
-    assert not at.exception, at.exception
-    assert at.get("plotly_chart")
+    _report_highlighted(at)
+    assert _page(at, "rna").get("plotly_chart")
 
     at.switch_page("dashboard/pages/scenarios.py").run()
     assert not at.exception, at.exception

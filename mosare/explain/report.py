@@ -21,6 +21,16 @@ def _descending(scores: np.ndarray) -> np.ndarray:
     return valid[np.argsort(-scores[valid], kind="stable")]
 
 
+def _span(text: str, rank: int | None, top_class: str, score: str, title: str, rgb: tuple[int, ...],
+          alpha: float) -> str:
+    """One highlighted sentence (``text`` already escaped); ranked sentences get ``top_class`` and ``data-rank``."""
+    cls = f"mosare-sentence {top_class}" if rank else "mosare-sentence"
+    ranked = f' data-rank="{rank}"' if rank else ""
+    r, g, b = rgb
+    return (f'<span class="{cls}"{ranked} data-score="{score}" title="{title}" '
+            f'style="background-color: rgba({r},{g},{b},{alpha:.3f})">{text}</span>')
+
+
 def highlight_html(
     sentences: list[str],
     scores01: np.ndarray | None,
@@ -43,7 +53,7 @@ def highlight_html(
     scores = np.asarray(scores01, dtype=np.float64).reshape(-1)
     if scores.shape[0] != len(sentences):
         raise ValueError(f"{len(sentences)} sentences but {scores.shape[0]} scores")
-    r, g, b = (int(c) for c in rgb)
+    rgb = tuple(int(c) for c in rgb)
     rank = {int(i): k + 1 for k, i in enumerate(_descending(scores)[:TOP_K])}
     spans = []
     for i, sentence in enumerate(sentences):
@@ -53,12 +63,7 @@ def highlight_html(
             spans.append(f'<span class="mosare-sentence">{text}</span>')
             continue
         alpha = ALPHA_MIN + (ALPHA_MAX - ALPHA_MIN) * float(np.clip(score, 0.0, 1.0))
-        cls = "mosare-sentence mosare-top" if i in rank else "mosare-sentence"
-        ranked = f' data-rank="{rank[i]}"' if i in rank else ""
-        spans.append(
-            f'<span class="{cls}"{ranked} data-score="{score:.3f}" title="attention {score:.3f}" '
-            f'style="background-color: rgba({r},{g},{b},{alpha:.3f})">{text}</span>'
-        )
+        spans.append(_span(text, rank.get(i), "mosare-top", f"{score:.3f}", f"attention {score:.3f}", rgb, alpha))
     return '<div class="mosare-report">' + " ".join(spans) + "</div>"
 
 
@@ -100,14 +105,9 @@ def signed_highlight_html(
         if not np.isfinite(s[i]):
             spans.append(f'<span class="mosare-sentence">{text}</span>')
             continue
-        r, g, b = toward if s[i] >= 0 else away
         alpha = ALPHA_MIN + (ALPHA_MAX - ALPHA_MIN) * min(1.0, abs(s[i]) / scale)
-        cls = "mosare-sentence mosare-toward" if i in rank else "mosare-sentence"
-        ranked = f' data-rank="{rank[i]}"' if i in rank else ""
-        spans.append(
-            f'<span class="{cls}"{ranked} data-score="{s[i]:+.4g}" title="Δ P({name}) = {s[i]:+.4g}" '
-            f'style="background-color: rgba({r},{g},{b},{alpha:.3f})">{text}</span>'
-        )
+        spans.append(_span(text, rank.get(i), "mosare-toward", f"{s[i]:+.4g}", f"Δ P({name}) = {s[i]:+.4g}",
+                           toward if s[i] >= 0 else away, alpha))
     return '<div class="mosare-attribution">' + " ".join(spans) + "</div>"
 
 
