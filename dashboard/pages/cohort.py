@@ -64,7 +64,8 @@ s = cohort.summary(sel, runs)
 m = st.columns(6)
 m[0].metric("Cases", f"{s['n']}", help=f"held-out cases of {s['n_folds']} folds")
 m[1].metric("AUC pooled", f"{s['auc_pooled']:.1f} %")
-m[2].metric("AUC per fold", f"{s['auc_fold_mean']:.1f} ± {s['auc_fold_sd']:.1f} %", help="mean ± sd over folds")
+m[2].metric("AUC per fold", f"{s['auc_fold_mean']:.1f} %", delta=f"± {s['auc_fold_sd']:.1f} sd", delta_color="off",
+            help="mean and standard deviation over folds (how metrics.csv reports it)")
 m[3].metric("ECE", f"{s['ece_calibrated']:.3f}", delta=f"{s['ece_calibrated'] - s['ece_raw']:+.3f} vs raw",
             delta_color="inverse", help="expected calibration error after temperature scaling (raw: "
                                         f"{s['ece_raw']:.3f}); lower is better")
