@@ -44,6 +44,7 @@ class ModelConfig:
     linear_path: bool = True  # add a per-modality linear (logistic) path on the input vectors to the logits [False]
     rna_sample_norm: bool = False  # LayerNorm each expression vector over its genes (already z-scored per gene) [True]
     input_dropout: float = 0.2  # dropout on the expression and report vectors while training [0]
+    modality_dropout: float = 0.0  # while training, hide each present modality of a case with this probability [0]
     linear_l2: float = 0.1  # L2 penalty on the linear path's weights, added to the loss (its ridge)
     linear_lr_scale: float = 30.0  # the linear path's learning rate as a multiple of the run's lr (bench/sweep.py)
     # ablation switches (paper Tables 4–5)
@@ -76,6 +77,8 @@ class ModelConfig:
             raise MosareError(f"fusion must be 'sum' or 'concat', got {self.fusion!r}")
         if not 0 <= self.dropout < 1:
             raise MosareError("dropout must lie in [0, 1)")
+        if not 0 <= self.modality_dropout < 1:
+            raise MosareError("modality_dropout must lie in [0, 1)")
         if not self.linear_lr_scale > 0:
             raise MosareError("linear_lr_scale must be > 0")
 

@@ -198,3 +198,18 @@ def test_predict_many_equals_separate_predictions(tmp_path):
         alone = pred.predict(case, m)
         assert np.allclose(p.probs, alone.probs, atol=1e-5)
         assert (p.present == m).all() and np.allclose(p.attention["local_keep"], alone.attention["local_keep"])
+
+
+def test_modality_dropout_hides_modalities_while_training_only_and_never_all():
+    model = _model(replace(CFG, modality_dropout=0.5))
+    batch = random_batch(model.cfg, 64, present=torch.ones(64, 3, dtype=torch.bool))
+    torch.manual_seed(1)
+    hidden = model.hide_modalities(batch)
+    assert hidden.present.any(1).all()  # never every modality of a case
+    assert 0.2 < 1 - hidden.present.float().mean() < 0.5  # about half hidden, minus the restored cases
+    dropped = ~hidden.present[:, 1]
+    assert torch.all(hidden.rna[dropped] == 0) and torch.equal(hidden.rna[~dropped], batch.rna[~dropped])
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(batch).probs, model(batch).probs)  # evaluation never hides anything
+        assert model(batch).attention["reconstructed"].sum() == 0

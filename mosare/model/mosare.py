@@ -263,7 +263,17 @@ class MoSARe(SubtypingModel):
             out = out + self.linear[m](x) * batch.present[:, MODALITIES.index(m), None]
         return out
 
+    def hide_modalities(self, batch: Batch) -> Batch:
+        """Modality dropout while training (``modality_dropout``): each present modality of a case is hidden with
+        that probability, never all of a case's, so each branch also learns to stand alone (for the cases that
+        arrive with one modality)."""
+        p = self.cfg.modality_dropout
+        kept = batch.present & (torch.rand(batch.present.shape, device=batch.present.device) >= p)
+        return batch.with_present(torch.where(~kept.any(1, keepdim=True), batch.present, kept))
+
     def forward(self, batch: Batch) -> ModelOutput:
+        if self.training and self.cfg.modality_dropout > 0:
+            batch = self.hide_modalities(batch)
         x_out, aux, attention = self.forward_features(batch)
         logits = self.forward_head(x_out) + self.linear_logits(batch).to(x_out.dtype)
         return ModelOutput(logits=logits, probs=torch.softmax(logits, -1), aux=aux, attention=attention)
