@@ -344,6 +344,7 @@ def test_resume_reuses_only_runs_with_the_same_config_and_data(tmp_path: Path) -
     assert not _temp_files(out)
 
 
+@pytest.mark.slow  # ~25 s; parallel = serial is also checked (faster) by tests/test_training.py
 def test_resume_with_parallel_workers(tmp_path: Path) -> None:
     """Worker processes reuse the records of a serial run, and write records a serial run reuses."""
     from mosare.train.experiment import run_experiment

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from mosare.cli import main
 
 
+@pytest.mark.slow  # ~40 s: extraction of real TIFF slides then a 3-modality experiment (CI runs it in make test-slow)
 def test_extract_then_experiment_on_synthetic_slides(tmp_path):
     from mosare.preprocess.synthetic import write_demo_cohort
 
