@@ -16,7 +16,9 @@ models = resources.find_models(settings.model_dirs)
 with st.sidebar:
     st.markdown("### MoSARe")
     st.caption("Multimodal subtyping that keeps working when data is missing. Research use only.")
-    label = st.selectbox("Model", list(models), key="model_label", help="the embedded demo model, or any checkpoint "
+    labels = list(models)
+    first = next((i for i, x in enumerate(labels) if settings.default_model and settings.default_model.lower() in x.lower()), 0)
+    label = st.selectbox("Model", labels, index=first, key="model_label", help="the embedded demo model, or any checkpoint "
                          "from `mosare experiment` found under MOSARE_MODEL_DIRS (default: runs/)")
     st.session_state["model_path"] = models[label]
     st.caption(f"Device: **{resources.device_label()}**")

@@ -253,7 +253,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, MOSARE_CACHE=str(cache), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, MOSARE_CACHE=str(cache), MOSARE_DEFAULT_MODEL="synthetic", PYTHONUNBUFFERED="1")
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",

@@ -17,6 +17,7 @@ class Settings:
     slide_root: Path | None  # read-only folder of slides users may pick from (MOSARE_SLIDE_ROOT)
     model_dirs: tuple[Path, ...]  # searched for experiment checkpoints (MOSARE_MODEL_DIRS, ':'-separated)
     experiment_dirs: tuple[Path, ...]  # experiment output folders offered on the Scenarios page
+    default_model: str = ""  # MOSARE_DEFAULT_MODEL: the sidebar's first choice (a word of its label, e.g. "synthetic")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -26,4 +27,5 @@ class Settings:
                 *(REPO / "assets" / "results" / n for n in ("tcga-brca", "tcga-brca-table2", "tcga-brca-ablations"))]
         exps += [Path(p).expanduser() for p in os.environ.get("MOSARE_EXPERIMENT_DIRS", "").split(":") if p]
         return cls(cache_dir=default_cache_dir(), slide_root=Path(root).expanduser().resolve() if root else None,
-                   model_dirs=tuple(p if p.is_absolute() else REPO / p for p in models), experiment_dirs=tuple(exps))
+                   model_dirs=tuple(p if p.is_absolute() else REPO / p for p in models), experiment_dirs=tuple(exps),
+                   default_model=os.environ.get("MOSARE_DEFAULT_MODEL", "").strip())

@@ -95,13 +95,14 @@ def _free_port() -> int:
 class StreamlitServer:
     """``streamlit run streamlit_app.py`` on 127.0.0.1, its output in a log file."""
 
-    def __init__(self, workdir: Path, cache: Path | None = None):
+    def __init__(self, workdir: Path, cache: Path | None = None, default_model: str = ""):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cache = cache or workdir / "cache"
         self.log_path = workdir / "streamlit.log"
         env = dict(os.environ)
         env.update(MOSARE_CACHE=str(self.cache), MOSARE_MODEL_DIRS=str(workdir / "no-models"),
+                   MOSARE_DEFAULT_MODEL=default_model,
                    PYTHONUNBUFFERED="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

@@ -178,7 +178,7 @@ def test_ten_sessions_one_queue_each_gets_its_own_answer(chromium: str, demo_cac
     options = [f"{c.patient_id} · {' + '.join(MODALITY_NAMES[m] for m in c.modalities)}" for c in cases]
     names = [c.patient_id for c in cases]
     expected_job = _Background(expected_answers, demo_cache, tmp_path / "expected-embeddings")
-    server = StreamlitServer(tmp_path, demo_cache)
+    server = StreamlitServer(tmp_path, demo_cache, default_model="synthetic")  # the synthetic demo's ten cases
     pages = []
     try:
         server.wait_healthy()
