@@ -7,8 +7,8 @@ Two halves, as for the synthetic demo (:mod:`mosare.demo`):
   on the other four folds at the default settings, with its fitted TF-IDF report encoder, expression statistics,
   temperature and conformal quantile — into ``assets/demo-brca/model/``, and that fold's **test** patients (never
   seen in training or model selection) into ``assets/demo-brca/cases/``: their expression rows and raw report
-  texts, with their labels. Slides are not part of these tables: every case is slide-missing, and the model
-  reconstructs the slide tokens (the model was built without a slide branch, so the Case page says so).
+  texts, with their labels. Slides are not part of these tables: every case is slide-missing, and the model has no
+  slide branch to reconstruct (the Case and Slide pages say so).
 - :func:`brca_cases` (the app): reads the shipped cases and writes each patient's one-row expression table into a
   cache folder once (atomically), so a case goes through the same road as an uploaded one.
 """
@@ -27,11 +27,11 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from mosare.errors import InputError, MosareError
+from mosare.inference import Predictor
 from mosare.io.atomic import atomic_write_text
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo-brca"
 MODEL_PATH = ASSETS / "model" / "mosare.safetensors"
-CASES_DIR = ASSETS / "cases"
 LABEL_COLUMN = "oncotree_code"
 CLASSES = ("IDC", "ILC")
 
@@ -67,8 +67,6 @@ def halve_weights(src: Path, dst: Path) -> None:
 
 def parity(full: Path, half: Path, cases: list[RealCase]) -> float:
     """Largest |P(class)| difference between the float32 checkpoint and its float16 copy over ``cases``."""
-    from mosare.inference import Predictor
-
     a, b = Predictor(full), Predictor(half)
     worst = 0.0
     for c in cases:

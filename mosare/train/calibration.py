@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from mosare.cohort import Cohort
 from mosare.errors import MosareError
 from mosare.train.metrics import choose_threshold, predict_labels
 
@@ -106,7 +107,7 @@ def fit_calibration(labels: np.ndarray, probs: np.ndarray, alpha: float) -> dict
             "conformal_q": conformal_quantile(labels, apply_temperature(probs, t), alpha), "conformal_alpha": alpha}
 
 
-def prediction_rows(cohort, idx: np.ndarray, probs: np.ndarray, subsets: list[str], calib: dict,
+def prediction_rows(cohort: Cohort, idx: np.ndarray, probs: np.ndarray, subsets: list[str], calib: dict,
                     base: dict) -> list[dict]:
     """One row per case of ``idx``: truth, raw probability of each class (``p_<class>``), temperature-scaled
     (``cal_<class>``), the prediction at the validation threshold, the conformal prediction set, the modality subset."""

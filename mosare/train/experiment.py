@@ -169,7 +169,8 @@ def _run_setting(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: in
                       zip(prediction_rows(cohort, test_idx, probs, names, calib, {**base, "scenario": s}), emb)]
             runs.append({**base, "scenario": s, "status": "ok", "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
                          "val_loss": round(res.best_val_loss, 4), "val_auc": res.best_val_auc, **calib,
-                         "refit": tcfg.refit, "n_train": len(split.train_idx), "seconds": round(seconds, 2),
+                         "refit": tcfg.refit, "seconds": round(seconds, 2),
+                         "n_train": len(split.train_idx) + (len(split.val_idx) if tcfg.refit else 0),
                          "checkpoint": str(stem.relative_to(out))})
         meta = {"classes": list(cohort.classes), "genes": cohort.genes, "text_model": text_model,
                 "scrub_terms": list(cfg.scrub_terms),
