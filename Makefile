@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: venv test test-all test-slow demo demo-assets demo-assets-brca demo-cli clean
+.PHONY: venv lint test test-all test-slow demo demo-assets demo-assets-brca demo-cli clean
 
 venv: .venv/.installed
 
@@ -13,6 +13,10 @@ venv: .venv/.installed
 	$(PIP) install -r requirements.txt
 	$(PIP) install -e . --no-deps
 	touch $@
+
+# ruff with the configuration in pyproject.toml (CI runs it before the tests)
+lint: venv
+	$(PY) -m ruff check mosare dashboard bench tests streamlit_app.py
 
 test: venv
 	$(PY) -m pytest -q -m "not slow"

@@ -47,10 +47,10 @@ class Batch:
     def size(self) -> int:
         return int(self.labels.shape[0])
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
 
-    def with_present(self, present: Tensor) -> "Batch":
+    def with_present(self, present: Tensor) -> Batch:
         """The same batch with another presence mask; inputs of now-absent modalities are zeroed."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["present"] = present

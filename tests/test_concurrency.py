@@ -165,7 +165,7 @@ def _open_and_load(page, option: str) -> None:
     load.click()
 
 
-def test_ten_sessions_one_queue_each_gets_its_own_answer(chromium: str, demo_cache: Path, tmp_path: Path):
+def test_ten_sessions_one_queue_each_gets_its_own_answer(chromium: str, demo_cache: Path, tmp_path: Path):  # noqa: F811 (fixture)
     from playwright.sync_api import expect, sync_playwright
 
     from mosare.demo import ensure_demo_cases

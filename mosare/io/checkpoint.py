@@ -72,7 +72,8 @@ def read_checkpoint_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
     except (OSError, ValueError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{meta_path}: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_path}: not a MoSARe checkpoint config (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{meta_path}: not a MoSARe checkpoint config (format {found!r})")
     try:
         with safe_open(str(weights), framework="pt") as fh:
             weights_id = (fh.metadata() or {}).get(_SAVE_ID)

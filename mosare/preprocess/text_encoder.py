@@ -30,8 +30,8 @@ from mosare.errors import MosareError
 NAME = "tfidf-svd"
 TEXT_ENCODERS = ("tfidf", "minilm")  # --text-encoder choices: "tfidf" is this module, "minilm" the sentence model
 DEFAULT_DIM = 256
-MAX_FEATURES = 20_000
-Z_CLIP = 10.0  # report vectors are z-scored, then clipped (as expression values are)  # vocabulary cap: keeps the checkpoint small (the components are dim × vocabulary)
+MAX_FEATURES = 20_000  # vocabulary cap: keeps the checkpoint small (the components are dim × vocabulary)
+Z_CLIP = 10.0  # report vectors are z-scored, then clipped (as expression values are)
 
 
 def _vectorizer(vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:

@@ -80,7 +80,8 @@ def summarise(metrics: pd.DataFrame, not_applicable: dict[str, str] | None = Non
         # the full metric grid for MoSARe (or the first usable model); the AUC table above covers the rest
         for m in (["mosare"] if "mosare" in usable else usable[:1]):
             sub_m = masked[masked["model"] == m]
-            lines += [f"## {m}: all metrics under masking", "", "| mask rate | train | test | AUC | F1 | Acc |", "|---|---|---|---|---|---|"]
+            lines += [f"## {m}: all metrics under masking", "", "| mask rate | train | test | AUC | F1 | Acc |",
+                      "|---|---|---|---|---|---|"]
             for rate in sorted(sub_m["mask_rate"].unique()):
                 for scen in dict.fromkeys(sub_m["scenario"]):
                     sub = sub_m[(sub_m["mask_rate"] == rate) & (sub_m["scenario"] == scen)]

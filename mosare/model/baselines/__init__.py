@@ -23,7 +23,7 @@ one for a cohort it does not apply to raises :class:`~mosare.errors.MosareError`
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from mosare.errors import MosareError
 from mosare.model.baselines.common import Baseline, bag_modality

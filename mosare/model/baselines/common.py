@@ -13,7 +13,7 @@ at least one of those (the "bag" modality: slides or reports) in the cohort.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
