@@ -47,6 +47,7 @@ class ModelConfig:
     modality_dropout: float = 0.0  # while training, hide each present modality of a case with this probability [0]
     linear_l2: float = 0.1  # L2 penalty on the linear path's weights, added to the loss (its ridge)
     linear_lr_scale: float = 30.0  # the linear path's learning rate as a multiple of the run's lr (bench/sweep.py)
+    linear_aux: float = 0.0  # weight of each modality's own cross-entropy on its linear logits (unimodal supervision)
     # ablation switches (paper Tables 4–5)
     use_cma: bool = True
     use_moe: bool = True
@@ -79,6 +80,8 @@ class ModelConfig:
             raise MosareError("dropout must lie in [0, 1)")
         if not 0 <= self.modality_dropout < 1:
             raise MosareError("modality_dropout must lie in [0, 1)")
+        if self.linear_aux < 0:
+            raise MosareError("linear_aux must be >= 0")
         if not self.linear_lr_scale > 0:
             raise MosareError("linear_lr_scale must be > 0")
 

@@ -213,3 +213,19 @@ def test_modality_dropout_hides_modalities_while_training_only_and_never_all():
     with torch.no_grad():
         assert torch.equal(model(batch).probs, model(batch).probs)  # evaluation never hides anything
         assert model(batch).attention["reconstructed"].sum() == 0
+
+
+def test_unimodal_linear_loss_is_each_present_modalitys_own_cross_entropy():
+    model = _model(replace(CFG, linear_aux=2.0))
+    present = torch.tensor([[True, True, False], [False, True, True], [True, False, True], [False, False, True]])
+    batch = random_batch(model.cfg, 4, present=present)
+    model.eval()  # no dropout: the linear logits are deterministic
+    out = model(batch)
+    lin = out.aux["linear"]  # [B, M, K]
+    assert torch.all(lin[~present] == 0) and torch.allclose(out.logits, model.forward_head(out.aux["x_out"]) + lin.sum(1))
+    by_hand = torch.stack([torch.nn.functional.cross_entropy(lin[present[:, i], i], batch.labels[present[:, i]])
+                           for i in range(3)]).mean()
+    total, parts = model.loss(batch, out, epoch=0)
+    assert parts["uni"] == pytest.approx(float(by_hand), rel=1e-5)
+    total_off, parts_off = _model(replace(CFG, linear_aux=0.0)).eval().loss(batch, out, epoch=0)
+    assert parts_off["uni"] == 0 and float(total - total_off) == pytest.approx(2.0 * float(by_hand), rel=1e-4)

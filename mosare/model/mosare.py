@@ -249,18 +249,18 @@ class MoSARe(SubtypingModel):
         return self.head(x_out)
 
     def linear_logits(self, batch: Batch) -> Tensor:
-        """Σ_m present_m · (W_m x_m + b_m) [B, K] over each modality's input vector (mean patch feature, expression,
-        report vector); zero when the linear path is off."""
+        """Each modality's linear logits W_m x_m + b_m [B, M, K] on its input vector (mean patch feature, expression,
+        report vector), zero where the modality is absent; their sum over M is added to the head's logits."""
+        out = batch.labels.new_zeros((batch.size, len(self.cfg.modalities), self.cfg.n_classes), dtype=torch.float32)
         if self.linear is None:
-            return batch.labels.new_zeros((batch.size, self.cfg.n_classes), dtype=torch.float32)
-        out = 0
-        for m in self.cfg.modalities:
+            return out
+        for i, m in enumerate(self.cfg.modalities):
             if m == "wsi":
                 mask = batch.wsi_bag_mask[..., None].float()
                 x = (batch.wsi_bag * mask).sum(1) / mask.sum(1).clamp(min=1)
             else:
                 x = batch.rna if m == "rna" else batch.rpt_global
-            out = out + self.linear[m](x) * batch.present[:, MODALITIES.index(m), None]
+            out[:, i] = self.linear[m](x) * batch.present[:, MODALITIES.index(m), None]
         return out
 
     def hide_modalities(self, batch: Batch) -> Batch:
@@ -275,7 +275,8 @@ class MoSARe(SubtypingModel):
         if self.training and self.cfg.modality_dropout > 0:
             batch = self.hide_modalities(batch)
         x_out, aux, attention = self.forward_features(batch)
-        logits = self.forward_head(x_out) + self.linear_logits(batch).to(x_out.dtype)
+        aux["linear"] = self.linear_logits(batch).to(x_out.dtype)  # [B, M, K]
+        logits = self.forward_head(x_out) + aux["linear"].sum(1)
         return ModelOutput(logits=logits, probs=torch.softmax(logits, -1), aux=aux, attention=attention)
 
     def loss(self, batch: Batch, out: ModelOutput, epoch: int) -> tuple[Tensor, dict[str, float]]:
@@ -300,7 +301,12 @@ class MoSARe(SubtypingModel):
         total = l1 * symcl + l2 * mcl + l3 * rec + l4 * cls
         if self.linear is not None and cfg.linear_l2 > 0:  # ridge penalty of the linear path (a logistic regression's L2)
             total = total + cfg.linear_l2 * sum(lin[1].weight.pow(2).sum() for lin in self.linear.values())
-        parts = {"cls": cls, "rec": rec, "symcl": symcl, "mcl": mcl}
+        uni = zero
+        if self.linear is not None and cfg.linear_aux > 0:  # each modality's linear path also classifies on its own
+            uni = torch.stack([F.cross_entropy(a["linear"][present[:, i], i], y[present[:, i]])
+                               for i in range(len(cfg.modalities)) if present[:, i].any()]).mean()
+            total = total + cfg.linear_aux * uni
+        parts = {"cls": cls, "rec": rec, "symcl": symcl, "mcl": mcl, "uni": uni}
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
     def lr_scale(self, param_name: str) -> float:
