@@ -31,21 +31,17 @@ that only gets the working tree): run ``--prepare-offline --cache DIR`` once whe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Run as `python bench/dashboard.py`, so sys.path[0] is bench/: put the repository root first on the path so that
+# the server and browser helpers shared with the browser tests import as tests.browser.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -55,12 +51,12 @@ from mosare.demo import MODEL_PATH, default_cache_dir, ensure_demo_cases  # noqa
 from mosare.explain import heatmap  # noqa: E402
 from mosare.inference import Prediction, Predictor  # noqa: E402
 from mosare.workbench import MODALITY_NAMES, SlideView, analyse, load_case  # noqa: E402
+from tests.browser import CHROMIUM_ARGS, HEATMAP_PAINTED_JS, IDLE_JS, VIEWPORT, BrowserMissing, ServerError  # noqa: E402
+from tests.browser import StreamlitServer, find_chromium, wait_idle  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET_S = 0.5
+POLL_MS = 50  # how often the page is checked while a step is timed
 REPORT_MODEL_FILE = "bench-report-model.json"  # --prepare-offline: the sentence model's id and size
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking"]
 
 
 def stats(xs: list[float]) -> str:
@@ -212,17 +208,6 @@ def bench_in_process(args, cache: Path, device: torch.device) -> None:
 # ----------------------------------------------------------------------------------------------- browser helpers
 
 
-IDLE_JS = """() => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  if (!app) return false;
-  const script = app.getAttribute('data-test-script-state');
-  const conn = app.getAttribute('data-test-connection-state');
-  return !document.querySelector('[data-testid="stStatusWidget"]')
-      && script !== 'running' && script !== 'rerunRequested'
-      && (conn === null || conn === 'CONNECTED')
-      && !document.querySelector('[data-stale="true"]');
-}"""
-
 # Idle, the probability text no longer ``old`` and the "Observed:" line equal to ``observed``.
 RESULT_JS = """([old, observed]) => {
   const idle = (""" + IDLE_JS + """)();
@@ -234,71 +219,20 @@ RESULT_JS = """([old, observed]) => {
   return !!line && line.innerText.trim() === observed;
 }"""
 
-HEATMAP_JS = """() => {
-  const img = document.querySelector('[data-testid="stPlotlyChart"] svg.main-svg image');
-  if (!img) return false;
-  const href = img.getAttribute('href') || img.getAttribute('xlink:href') || '';
-  const box = img.getBoundingClientRect();
-  return href.startsWith('data:image/') && box.width > 10 && box.height > 10;
-}"""
-
-
-class Server:
-    """``streamlit run streamlit_app.py`` with ``make demo``'s options on a free port; output to a log file."""
-
-    def __init__(self, cache: Path, log: Path):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, MOSARE_CACHE=str(cache), MOSARE_DEFAULT_MODEL="synthetic", PYTHONUNBUFFERED="1")
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
-             "--server.port", str(self.port), "--server.headless", "true"],
-            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-
-    def wait_healthy(self, timeout: float = 120.0) -> float:
-        while time.perf_counter() - self.started < timeout:
-            if self.proc.poll() is not None:
-                sys.exit(f"bench/dashboard.py: streamlit exited ({self.proc.returncode}); log: {self.log_path}")
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        return time.perf_counter() - self.started
-            time.sleep(0.05)
-        sys.exit(f"bench/dashboard.py: streamlit not healthy after {timeout:.0f} s; log: {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-
-
-def wait_idle(page, timeout_s: float = 120.0) -> None:
-    page.wait_for_function(IDLE_JS, timeout=timeout_s * 1000, polling=50)
-
 
 def start_to_first_page(browser, cache: Path, log: Path, keep: bool = False):
     """(seconds to healthy, seconds to the Load demo case button visible and the app idle[, server, page])."""
-    server = Server(cache, log)
+    server = StreamlitServer(log, cache, default_model="synthetic")
     page = None
     try:
-        healthy = server.wait_healthy()
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            healthy = server.wait_healthy(120.0, poll_s=0.05)
+        except ServerError as err:
+            sys.exit(f"bench/dashboard.py: {err}")
+        page = browser.new_page(viewport=VIEWPORT)
         page.goto(server.url, wait_until="domcontentloaded")
         page.get_by_role("button", name="Load demo case", exact=True).wait_for(state="visible", timeout=300_000)
-        wait_idle(page, 300)
+        wait_idle(page, 300, POLL_MS)
         ready = time.perf_counter() - server.started
     except BaseException:
         server.stop()
@@ -342,10 +276,10 @@ def e2e(args, page) -> None:
     if args.case:
         page.locator('[data-testid="stSelectbox"]').filter(has_text="Synthetic demo case").click()
         page.get_by_role("option").nth(args.case).click()
-        wait_idle(page)
+        wait_idle(page, polling_ms=POLL_MS)
     page.get_by_role("button", name="Load demo case", exact=True).click()
     page.get_by_role("button", name="Run", exact=True).wait_for(state="visible", timeout=300_000)
-    wait_idle(page)
+    wait_idle(page, polling_ms=POLL_MS)
     labels = [cb.inner_text().strip() for cb in page.locator('[data-testid="stCheckbox"]').all()]
     on = [lab for lab in labels if page.get_by_role("checkbox", name=lab).is_checked()]
     probs = page.locator(".st-key-probabilities")
@@ -358,7 +292,7 @@ def e2e(args, page) -> None:
         old = probs.inner_text() if probs.count() else ""
         t = time.perf_counter()
         page.get_by_role("button", name="Run", exact=True).click()
-        page.wait_for_function(RESULT_JS, arg=[old, observed(mods)], timeout=120_000, polling=50)
+        page.wait_for_function(RESULT_JS, arg=[old, observed(mods)], timeout=120_000, polling=POLL_MS)
         return time.perf_counter() - t
 
     def toggle(label: str) -> None:
@@ -376,7 +310,7 @@ def e2e(args, page) -> None:
             toggle(label)
             page.get_by_role("button", name="Run", exact=True).click()
             page.wait_for_function(RESULT_JS, arg=[old, observed([x for x in on if x != label])], timeout=120_000,
-                                   polling=50)
+                                   polling=POLL_MS)
             off.append(time.perf_counter() - t)
             toggle(label)
             back.append(run_and_wait(on))
@@ -390,12 +324,12 @@ def e2e(args, page) -> None:
         t = time.perf_counter()
         nav.get_by_role("link", name="Slide", exact=True).click()
         page.locator('[data-testid="stPlotlyChart"]').wait_for(state="visible", timeout=300_000)
-        page.wait_for_function(HEATMAP_JS, timeout=300_000, polling=50)
-        wait_idle(page, 300)
+        page.wait_for_function(HEATMAP_PAINTED_JS, timeout=300_000, polling=POLL_MS)
+        wait_idle(page, 300, POLL_MS)
         slide.append(time.perf_counter() - t)
         nav.get_by_role("link", name="Case", exact=True).click()
         probs.wait_for(state="visible")
-        wait_idle(page)
+        wait_idle(page, polling_ms=POLL_MS)
     print(f"  Slide page    {stats(slide)}  [{verdict(slide)} target]")
 
 
@@ -424,13 +358,10 @@ def main() -> None:
 
     chromium = None
     if args.browser:
-        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
         try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            sys.exit("bench/dashboard.py: --browser needs the playwright package")
-        if chromium is None:
-            sys.exit("bench/dashboard.py: --browser needs chromium on PATH")
+            chromium = find_chromium()
+        except BrowserMissing as err:
+            sys.exit(f"bench/dashboard.py: --browser needs a browser: {err}")
 
     cache = (args.cache or default_cache_dir()).expanduser().resolve()
     os.environ["MOSARE_CACHE"] = str(cache)  # the report embedder's cache too, as in the app

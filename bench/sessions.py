@@ -26,91 +26,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Run as `python bench/sessions.py`, so sys.path[0] is bench/: put the repository root first on the path so that
+# the server and browser helpers shared with the browser tests import as tests.browser.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.browser import CHROMIUM_ARGS, VIEWPORT, BrowserMissing, ServerError, StreamlitServer, find_chromium, wait_idle  # noqa: E402
+
 TARGET_PCT = 10.0
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking"]
-VIEWPORT = {"width": 1400, "height": 1000}
 MIB = 1024 * 1024
-
-IDLE_JS = """() => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  if (!app) return false;
-  const script = app.getAttribute('data-test-script-state');
-  const conn = app.getAttribute('data-test-connection-state');
-  return !document.querySelector('[data-testid="stStatusWidget"]')
-      && script !== 'running' && script !== 'rerunRequested'
-      && (conn === null || conn === 'CONNECTED')
-      && !document.querySelector('[data-stale="true"]');
-}"""
-
-
-# ----------------------------------------------------------------------------------------------- the server
-
-
-class Server:
-    """``streamlit run streamlit_app.py`` on a free port of 127.0.0.1, in its own process group."""
-
-    def __init__(self, cache: Path, log: Path, session_ttl: int | None):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, MOSARE_CACHE=str(cache), MOSARE_DEFAULT_MODEL="synthetic", PYTHONUNBUFFERED="1",
-                   STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-        cmd = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
-               "--server.port", str(self.port), "--server.headless", "true"]
-        if session_ttl is not None:
-            cmd += ["--server.disconnectedSessionTTL", str(session_ttl)]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_healthy(self, timeout: float = 120.0) -> None:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.proc.poll() is not None:
-                sys.exit(f"bench/sessions.py: streamlit exited ({self.proc.returncode}); log: {self.log_path}")
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        return
-            time.sleep(0.1)
-        sys.exit(f"bench/sessions.py: streamlit not healthy after {timeout:.0f} s; log: {self.log_path}")
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=5) as r:
-                return r.read().strip() == b"ok"
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -157,25 +87,24 @@ def open_case_page(context, url: str, timeout_s: float):
     page.set_default_timeout(timeout_s * 1000)
     page.goto(url, wait_until="domcontentloaded")
     page.get_by_role("button", name="Load demo case", exact=True).wait_for(state="visible")
-    page.wait_for_function(IDLE_JS, timeout=timeout_s * 1000, polling=100)
+    wait_idle(page, timeout_s)
     return page
 
 
 def load_and_run(page, option: str, timeout_s: float) -> str:
     """Pick the demo case ``option``, load it, press Run; returns the probabilities' text."""
-    ms = timeout_s * 1000
     box = page.locator('[data-testid="stSelectbox"]').filter(has_text="Synthetic demo case")
     if box.get_by_role("combobox").input_value() != option:
         box.click()
         page.get_by_role("option", name=option, exact=True).click()
-        page.wait_for_function(IDLE_JS, timeout=ms, polling=100)
+        wait_idle(page, timeout_s)
     page.get_by_role("button", name="Load demo case", exact=True).click()
     page.get_by_role("button", name="Run", exact=True).wait_for(state="visible")
-    page.wait_for_function(IDLE_JS, timeout=ms, polling=100)
+    wait_idle(page, timeout_s)
     page.get_by_role("button", name="Run", exact=True).click()
     probs = page.locator(".st-key-probabilities")
     probs.get_by_text("P(B) =").wait_for(state="visible")
-    page.wait_for_function(IDLE_JS, timeout=ms, polling=100)
+    wait_idle(page, timeout_s)
     if page.get_by_text("the server is busy").count():
         return "BUSY"
     return " ".join(probs.inner_text().split())
@@ -186,7 +115,7 @@ def open_slide_page(page, timeout_s: float) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Slide", exact=True).click()
     page.locator('[data-testid="stPlotlyChart"]').wait_for(state="visible")
     page.locator('[data-testid="stImage"] img').first.wait_for(state="visible")
-    page.wait_for_function(IDLE_JS, timeout=timeout_s * 1000, polling=100)
+    wait_idle(page, timeout_s)
 
 
 def one_session(browser, url: str, option: str | None, slide: bool, timeout_s: float) -> str | None:
@@ -228,13 +157,11 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds allowed for any one step in the browser")
     args = ap.parse_args()
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sys.exit("bench/sessions.py: needs the playwright package")
-    if chromium is None:
-        sys.exit("bench/sessions.py: needs chromium on PATH")
+        chromium = find_chromium()
+    except BrowserMissing as err:
+        sys.exit(f"bench/sessions.py: needs a browser: {err}")
+    from playwright.sync_api import sync_playwright
 
     from mosare.demo import ensure_demo_cases
     from mosare.workbench import MODALITY_NAMES
@@ -253,12 +180,15 @@ def main() -> None:
         options = [f"{c.patient_id} · {' + '.join(MODALITY_NAMES[m] for m in c.modalities)}" for c in cases]
         print(f"demo cases ready in {cache} ({len(cases)} cases, {time.perf_counter() - t:.1f} s; not measured)")
 
-        server = Server(cache, tmp / "streamlit.log", args.session_ttl)
+        server = StreamlitServer(tmp / "streamlit.log", cache, default_model="synthetic", session_ttl=args.session_ttl)
         series: list[tuple[str, float, float, int]] = []
         busy = failed = runs = 0
         answers: dict[str, set[str]] = {}
         try:
-            server.wait_healthy()
+            try:
+                server.wait_healthy(120.0)
+            except ServerError as err:
+                sys.exit(f"bench/sessions.py: {err}")
             start_rss = tree_memory(server.proc.pid)
             print(f"server started: tree RSS {start_rss[0]:.0f} MiB (anonymous {start_rss[1]:.0f} MiB, "
                   f"{start_rss[2]} process(es)) before any session")

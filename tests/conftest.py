@@ -30,9 +30,10 @@ def shared_data_dir() -> Path:
     return (REPO_ROOT.parent / "shared" / "data").resolve()
 
 
-def _missing(reason: str) -> None:
+def _missing(reason: str, on_ci: str = "the shared data must be present") -> None:
+    """Skip the test on a developer machine; on CI (where ``on_ci`` holds) fail it."""
     if _on_ci():
-        pytest.fail(f"{reason} (CI=true: the shared data must be present)", pytrace=False)
+        pytest.fail(f"{reason} (CI=true: {on_ci})", pytrace=False)
     pytest.skip(reason)
 
 
@@ -64,3 +65,41 @@ def demo_cache(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("mosare-cache")
     ensure_demo_cases(cache)
     return cache
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Path of the Chromium binary for the browser tests (skips, or fails on CI, when it or playwright is
+    missing: the CI image installs both)."""
+    from tests.browser import BrowserMissing, find_chromium
+
+    try:
+        return find_chromium()
+    except BrowserMissing as err:
+        _missing(str(err), on_ci="the browser test must run")
+
+
+@pytest.fixture
+def start_streamlit(tmp_path):
+    """Starts dashboard servers for a browser test: ``start_streamlit(cache, default_model="")`` returns a healthy
+    :class:`tests.browser.StreamlitServer` (``MOSARE_CACHE=cache``, log ``tmp_path/streamlit.log``, no model
+    folders but the shipped ones, no file watcher), or fails the test with the server log's tail. Every server it
+    started is stopped after the test."""
+    from tests.browser import ServerError, StreamlitServer
+
+    servers: list[StreamlitServer] = []
+
+    def start(cache: Path, default_model: str = "") -> StreamlitServer:
+        log = tmp_path / (f"streamlit-{len(servers)}.log" if servers else "streamlit.log")
+        server = StreamlitServer(log, cache, default_model=default_model,
+                                 env={"MOSARE_MODEL_DIRS": str(tmp_path / "no-models")}, watch_files=False)
+        servers.append(server)
+        try:
+            server.wait_healthy(60.0, poll_s=0.25)  # `streamlit run` to a healthy server
+        except ServerError as err:
+            pytest.fail(f"{err}\n{server.tail()}", pytrace=False)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(grace_s=3.0)  # a clean stop takes a few seconds; the tests need none of it

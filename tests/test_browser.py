@@ -17,166 +17,29 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, _on_ci
+from tests.browser import CHROMIUM_ARGS, HEATMAP_PAINTED_JS, REPO_ROOT, VIEWPORT, StreamlitServer, wait_for_app
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking"]
-VIEWPORT = {"width": 1400, "height": 1000}
-SERVER_START_S = 60.0  # `streamlit run` to a healthy server
 FIRST_PAGE_S = 120.0  # first page on a fresh cache: includes materialising the demo cases (~20 s on 2 cores)
 STEP_S = 60.0  # any other step (load, run, page switch)
-SETTLE_S = 0.5  # after the app is idle: lets the front end finish painting (plotly, transitions)
-
-# The front end is idle when no status widget (the "Running..." indicator) is shown, the script is not running
-# or about to rerun, the websocket is connected, and no element of an earlier run is still on screen (stale).
-_IDLE_JS = """() => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  if (!app) return false;
-  const script = app.getAttribute('data-test-script-state');
-  const conn = app.getAttribute('data-test-connection-state');
-  return !document.querySelector('[data-testid="stStatusWidget"]')
-      && script !== 'running' && script !== 'rerunRequested'
-      && (conn === null || conn === 'CONNECTED')
-      && !document.querySelector('[data-stale="true"]');
-}"""
-
-# The plotly heatmap has painted: its <image> (the go.Image trace, drawn as a data-URL PNG inside the main svg)
-# exists, has a data URL and a non-empty box on screen.
-_HEATMAP_PAINTED_JS = """() => {
-  const img = document.querySelector('[data-testid="stPlotlyChart"] svg.main-svg image');
-  if (!img) return false;
-  const href = img.getAttribute('href') || img.getAttribute('xlink:href') || '';
-  const box = img.getBoundingClientRect();
-  return href.startsWith('data:image/') && box.width > 10 && box.height > 10;
-}"""
-
-
-def _missing(reason: str) -> None:
-    """Skip on a developer machine; on CI a missing browser is a failure (the image installs it)."""
-    if _on_ci():
-        pytest.fail(f"{reason} (CI=true: the browser test must run)", pytrace=False)
-    pytest.skip(reason)
-
-
-def _chromium() -> str:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        _missing("the playwright package is not installed")
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        _missing("chromium not found on PATH")
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# ----------------------------------------------------------------------------------------------- the server
-
-
-class StreamlitServer:
-    """``streamlit run streamlit_app.py`` on 127.0.0.1, its output in a log file."""
-
-    def __init__(self, workdir: Path, cache: Path | None = None, default_model: str = ""):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.cache = cache or workdir / "cache"
-        self.log_path = workdir / "streamlit.log"
-        env = dict(os.environ)
-        env.update(MOSARE_CACHE=str(self.cache), MOSARE_MODEL_DIRS=str(workdir / "no-models"),
-                   MOSARE_DEFAULT_MODEL=default_model,
-                   PYTHONUNBUFFERED="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
-             "--server.port", str(self.port), "--server.headless", "true", "--server.fileWatcherType", "none"],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)  # its own process group: stop() ends it with anything it started
-
-    def wait_healthy(self, timeout: float = SERVER_START_S) -> float:
-        """Seconds until ``/_stcore/health`` answers ``ok``; fails if the process exits or time runs out."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.proc.poll() is not None:
-                pytest.fail(f"streamlit exited with code {self.proc.returncode} before it was healthy\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200 and r.read().strip() == b"ok":
-                        return time.monotonic() - start
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.25)
-        pytest.fail(f"streamlit not healthy after {timeout:.0f} s\n{self.tail()}")
-
-    def tail(self, lines: int = 60) -> str:
-        self._log.flush()
-        text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
-        return "----- streamlit log (tail) -----\n" + "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=3)  # a clean stop takes a few seconds; the test needs none of it
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self._log.close()
 
 
 @pytest.fixture
-def chromium() -> str:
-    """Path of the Chromium binary (skips, or fails on CI, when it or playwright is missing)."""
-    return _chromium()
-
-
-@pytest.fixture
-def streamlit_server(chromium, tmp_path, demo_cache) -> Iterator[StreamlitServer]:
+def streamlit_server(chromium, start_streamlit, demo_cache) -> StreamlitServer:
     """A dashboard server on a free port with the session's demo cache (the cold first launch is timed by
-    bench/dashboard.py); always terminated, whatever the test did.
+    bench/dashboard.py); stopped after the test, whatever it did.
     (Asks for ``chromium`` first, so a machine without a browser skips before starting a server.)"""
-    server = StreamlitServer(tmp_path, demo_cache)
-    try:
-        server.wait_healthy()
-        yield server
-    finally:
-        server.stop()
+    return start_streamlit(demo_cache)
 
 
 # ----------------------------------------------------------------------------------------------- the browser
-
-
-def wait_for_app(page, expected=None, *, timeout: float = STEP_S, settle: float = SETTLE_S) -> None:
-    """Wait for Streamlit to finish rendering: the app idle (see ``_IDLE_JS``) and ``expected`` (a locator
-    that only exists once the awaited run has drawn it) visible; then a short settle, and idle still."""
-    ms = timeout * 1000
-    if expected is not None:
-        expected.first.wait_for(state="visible", timeout=ms)
-    page.wait_for_function(_IDLE_JS, timeout=ms, polling=100)
-    time.sleep(settle)
-    page.wait_for_function(_IDLE_JS, timeout=ms, polling=100)
-    if expected is not None:
-        expected.first.wait_for(state="visible", timeout=ms)
 
 
 def _shoot(page, name: str, out_dir: Path, copies: list[Path]) -> Path:
@@ -338,7 +201,7 @@ def test_synthetic_demo_case_in_a_real_browser(chromium: str, streamlit_server: 
         page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Slide", exact=True).click()
         chart = page.locator('[data-testid="stPlotlyChart"]')
         wait_for_app(page, chart)
-        page.wait_for_function(_HEATMAP_PAINTED_JS, timeout=STEP_S * 1000, polling=100)
+        page.wait_for_function(HEATMAP_PAINTED_JS, timeout=STEP_S * 1000, polling=100)
         wait_for_app(page, chart)
         timings["slide page"] = time.monotonic() - t
         image = chart.locator("svg.main-svg image").first

@@ -20,19 +20,12 @@ import contextlib
 import re
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.test_browser import (  # noqa: F401 - chromium is a fixture
-    CHROMIUM_ARGS,
-    VIEWPORT,
-    StreamlitServer,
-    chromium,
-    wait_for_app,
-)
+from tests.browser import CHROMIUM_ARGS, VIEWPORT, wait_for_app
 
 # Slow: ~2 min on a quiet 2-core machine (4 min under load). CI runs it through `make test-slow`.
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -104,11 +97,6 @@ class _Background:
         return self._result
 
 
-def _health(url: str) -> bytes:
-    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=10) as r:
-        return r.read().strip()
-
-
 def _fail_if_busy(pages, names) -> None:
     busy = [n for p, n in zip(pages, names) if p.get_by_text(BUSY).count()]
     if busy:
@@ -165,7 +153,7 @@ def _open_and_load(page, option: str) -> None:
     load.click()
 
 
-def test_ten_sessions_one_queue_each_gets_its_own_answer(chromium: str, demo_cache: Path, tmp_path: Path):  # noqa: F811 (fixture)
+def test_ten_sessions_one_queue_each_gets_its_own_answer(chromium: str, start_streamlit, demo_cache: Path, tmp_path: Path):
     from playwright.sync_api import expect, sync_playwright
 
     from mosare.demo import ensure_demo_cases
@@ -178,81 +166,77 @@ def test_ten_sessions_one_queue_each_gets_its_own_answer(chromium: str, demo_cac
     options = [f"{c.patient_id} · {' + '.join(MODALITY_NAMES[m] for m in c.modalities)}" for c in cases]
     names = [c.patient_id for c in cases]
     expected_job = _Background(expected_answers, demo_cache, tmp_path / "expected-embeddings")
-    server = StreamlitServer(tmp_path, demo_cache, default_model="synthetic")  # the synthetic demo's ten cases
+    server = start_streamlit(demo_cache, default_model="synthetic")  # the synthetic demo's ten cases
     pages = []
-    try:
-        server.wait_healthy()
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-            try:
-                contexts = [browser.new_context(viewport=VIEWPORT) for _ in range(N_SESSIONS)]
-                for context in contexts:
-                    context.add_init_script(_NO_ANIMATIONS)
-                pages = [c.new_page() for c in contexts]
-                for page in pages:
-                    page.set_default_timeout(STEP_S * 1000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            contexts = [browser.new_context(viewport=VIEWPORT) for _ in range(N_SESSIONS)]
+            for context in contexts:
+                context.add_init_script(_NO_ANIMATIONS)
+            pages = [c.new_page() for c in contexts]
+            for page in pages:
+                page.set_default_timeout(STEP_S * 1000)
 
-                # 1. Ten sessions open the app at once; each, as soon as it is drawn, loads a different demo case
-                # (all ten; the loads go through the job queue too, overlapping with the other pages opening).
-                t = time.monotonic()
-                for page in pages:
-                    page.goto(server.url, wait_until="commit")
-                for page, option in zip(pages, options):
-                    _open_and_load(page, option)
-                for page, name in zip(pages, names):
-                    wait_for_app(page, page.get_by_role("button", name="Run", exact=True), timeout=STEP_S, settle=0.1)
-                    expect(page.get_by_role("heading", name=f"Demo case {name}", exact=True)).to_be_visible()
-                _fail_if_busy(pages, names)
-                timings["open + load"] = time.monotonic() - t
+            # 1. Ten sessions open the app at once; each, as soon as it is drawn, loads a different demo case
+            # (all ten; the loads go through the job queue too, overlapping with the other pages opening).
+            t = time.monotonic()
+            for page in pages:
+                page.goto(server.url, wait_until="commit")
+            for page, option in zip(pages, options):
+                _open_and_load(page, option)
+            for page, name in zip(pages, names):
+                wait_for_app(page, page.get_by_role("button", name="Run", exact=True), timeout=STEP_S, settle=0.1)
+                expect(page.get_by_role("heading", name=f"Demo case {name}", exact=True)).to_be_visible()
+            _fail_if_busy(pages, names)
+            timings["open + load"] = time.monotonic() - t
 
-                # 2. Run in all ten sessions back to back (a click event each, no waiting in between).
-                runs = [page.get_by_role("button", name="Run", exact=True) for page in pages]
-                for run in runs:
-                    expect(run).to_be_enabled()
-                t = time.monotonic()
-                for run in runs:
-                    run.dispatch_event("click")
-                clicked = time.monotonic() - t
-                not_done = sum(not _has_result(page) for page in pages)
-                assert not_done >= 2, f"only {not_done} run(s) outstanding after the clicks: the jobs did not overlap"
+            # 2. Run in all ten sessions back to back (a click event each, no waiting in between).
+            runs = [page.get_by_role("button", name="Run", exact=True) for page in pages]
+            for run in runs:
+                expect(run).to_be_enabled()
+            t = time.monotonic()
+            for run in runs:
+                run.dispatch_event("click")
+            clicked = time.monotonic() - t
+            not_done = sum(not _has_result(page) for page in pages)
+            assert not_done >= 2, f"only {not_done} run(s) outstanding after the clicks: the jobs did not overlap"
 
-                # 3. Each page shows its own case's answer. The first, once answered, switches to the About page
-                # (no job needed) while the other sessions' runs are still queued: it must not wait for them.
-                expected = {e.option: e for e in expected_job.result()}
-                assert sorted(expected) == sorted(options)
-                rounded = {tuple(sorted(min(e.shown(c)) for c in e.probs)) for e in expected.values()}
-                assert len(rounded) == N_SESSIONS, "two demo cases share their probabilities: cross-talk would not show"
-                for i, (page, option) in enumerate(zip(pages, options)):
-                    wait_for_app(page, page.locator(".st-key-probabilities").get_by_text("P(B) ="), timeout=STEP_S,
+            # 3. Each page shows its own case's answer. The first, once answered, switches to the About page
+            # (no job needed) while the other sessions' runs are still queued: it must not wait for them.
+            expected = {e.option: e for e in expected_job.result()}
+            assert sorted(expected) == sorted(options)
+            rounded = {tuple(sorted(min(e.shown(c)) for c in e.probs)) for e in expected.values()}
+            assert len(rounded) == N_SESSIONS, "two demo cases share their probabilities: cross-talk would not show"
+            for i, (page, option) in enumerate(zip(pages, options)):
+                wait_for_app(page, page.locator(".st-key-probabilities").get_by_text("P(B) ="), timeout=STEP_S,
+                             settle=0.1)
+                _check_answer(page, expected[option])
+                if i == 0:
+                    t_about = time.monotonic()
+                    page.locator('[data-testid="stSidebarNav"]').get_by_role(
+                        "link", name="About / model card", exact=True).click()
+                    wait_for_app(page, page.get_by_role("heading", name="About / model card"), timeout=STEP_S,
                                  settle=0.1)
-                    _check_answer(page, expected[option])
-                    if i == 0:
-                        t_about = time.monotonic()
-                        page.locator('[data-testid="stSidebarNav"]').get_by_role(
-                            "link", name="About / model card", exact=True).click()
-                        wait_for_app(page, page.get_by_role("heading", name="About / model card"), timeout=STEP_S,
-                                     settle=0.1)
-                        about_s = time.monotonic() - t_about
-                        left_at_about = sum(not _has_result(q) for q in pages[1:])
-                timings["run"] = time.monotonic() - t
-                _fail_if_busy(pages, names)
-                log = server.log_path.read_text(encoding="utf-8", errors="replace")
-                assert "Traceback" not in log, f"the server logged an exception\n{server.tail()}"
-            except BaseException:
-                for page, name in zip(pages, names):
-                    with contextlib.suppress(Exception):
-                        page.screenshot(path=str(tmp_path / f"failure-{name}.png"), full_page=True)
-                print(f"screenshots of the failure: {tmp_path}/failure-*.png")
-                print(server.tail())
-                raise
-            finally:
-                browser.close()
+                    about_s = time.monotonic() - t_about
+                    left_at_about = sum(not _has_result(q) for q in pages[1:])
+            timings["run"] = time.monotonic() - t
+            _fail_if_busy(pages, names)
+            log = server.log_path.read_text(encoding="utf-8", errors="replace")
+            assert "Traceback" not in log, f"the server logged an exception\n{server.tail()}"
+        except BaseException:
+            for page, name in zip(pages, names):
+                with contextlib.suppress(Exception):
+                    page.screenshot(path=str(tmp_path / f"failure-{name}.png"), full_page=True)
+            print(f"screenshots of the failure: {tmp_path}/failure-*.png")
+            print(server.tail())
+            raise
+        finally:
+            browser.close()
 
-        # 4. The server stayed up and healthy.
-        assert server.proc.poll() is None, f"streamlit exited with {server.proc.returncode}\n{server.tail()}"
-        assert _health(server.url) == b"ok"
-    finally:
-        server.stop()
+    # 4. The server stayed up and healthy.
+    assert server.proc.poll() is None, f"streamlit exited with {server.proc.returncode}\n{server.tail()}"
+    assert server.healthy(timeout_s=10), "the server no longer answers /_stcore/health"
 
     print(f"{N_SESSIONS} sessions (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
           + f"; Run clicked in all {N_SESSIONS} within {clicked:.2f} s, {not_done} without a result just after; "

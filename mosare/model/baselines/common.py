@@ -179,3 +179,22 @@ class Baseline(SubtypingModel):
     def finish(logits: Tensor, attention: dict[str, Tensor] | None = None) -> ModelOutput:
         """ModelOutput with softmax probabilities: logits [B, K] -> probs [B, K]."""
         return ModelOutput(logits=logits, probs=torch.softmax(logits, dim=-1), attention=attention or {})
+
+
+class BagRNABaseline(Baseline):
+    """Base of the baselines that fuse RNA with one bag modality (``bp``, ``mcat``, ``porpoise``).
+
+    After construction ``self.bag`` is the bag modality chosen by :func:`bag_modality` (slides when the
+    cohort has them, else reports) and ``uses`` narrows to that modality and RNA. Adds no parameters.
+    """
+
+    requires = ("rna",)
+    requires_any = BAG_MODALITIES
+    uses = MODALITIES
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        bag = bag_modality(cfg.modalities)
+        assert bag is not None  # guaranteed by the applicability check
+        self.bag = bag
+        self.uses = tuple(m for m in MODALITIES if m in (bag, "rna"))

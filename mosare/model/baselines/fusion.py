@@ -17,10 +17,10 @@ from mosare.model.abmil import ABMILEncoder
 from mosare.model.baselines.common import (
     ATTENTION_KEY,
     BAG_MODALITIES,
+    BagRNABaseline,
     Baseline,
     InstanceProjection,
     SNNEncoder,
-    bag_modality,
     bag_of,
     impute_zeros,
     masked_mean,
@@ -85,7 +85,7 @@ class _GatedReduce(nn.Module):
         return self.out(torch.sigmoid(self.gate(x, y)) * self.hidden(x))
 
 
-class PathomicBPBaseline(Baseline):
+class PathomicBPBaseline(BagRNABaseline):
     """Pathomic fusion (Chen et al., 2020): gated Kronecker (bilinear pooling) fusion of a bag embedding
     and an RNA embedding.
 
@@ -97,19 +97,12 @@ class PathomicBPBaseline(Baseline):
     """
 
     name = "bp"
-    requires = ("rna",)
-    requires_any = BAG_MODALITIES
-    uses = MODALITIES
     fusion_dim = 32
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        bag = bag_modality(cfg.modalities)
-        assert bag is not None  # guaranteed by the applicability check
-        self.bag = bag
-        self.uses = tuple(m for m in MODALITIES if m in (bag, "rna"))
         h, d = cfg.hidden, self.fusion_dim
-        self.bag_encoder = ABMILEncoder(cfg.dim(bag), h, dropout=cfg.dropout)
+        self.bag_encoder = ABMILEncoder(cfg.dim(self.bag), h, dropout=cfg.dropout)
         self.rna_encoder = SNNEncoder(cfg.rna_dim, h, n_layers=2, dropout=cfg.dropout)
         self.gate_bag = _GatedReduce(h, h, d, cfg.dropout)
         self.gate_rna = _GatedReduce(h, h, d, cfg.dropout)
@@ -131,7 +124,7 @@ class PathomicBPBaseline(Baseline):
         return self.finish(logits, {ATTENTION_KEY[self.bag]: impute_zeros(attn, has_bag)})
 
 
-class PorpoiseBaseline(Baseline):
+class PorpoiseBaseline(BagRNABaseline):
     """PORPOISE (Chen et al., 2022) with its default concatenation fusion.
 
     bag [B, N, D] -> ABMILEncoder -> [B, H];  rna [B, G] -> SNN -> [B, H]   (zero-imputed if missing)
@@ -140,17 +133,10 @@ class PorpoiseBaseline(Baseline):
     """
 
     name = "porpoise"
-    requires = ("rna",)
-    requires_any = BAG_MODALITIES
-    uses = MODALITIES
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        bag = bag_modality(cfg.modalities)
-        assert bag is not None
-        self.bag = bag
-        self.uses = tuple(m for m in MODALITIES if m in (bag, "rna"))
-        self.bag_encoder = ABMILEncoder(cfg.dim(bag), cfg.hidden, dropout=cfg.dropout)
+        self.bag_encoder = ABMILEncoder(cfg.dim(self.bag), cfg.hidden, dropout=cfg.dropout)
         self.rna_encoder = SNNEncoder(cfg.rna_dim, cfg.hidden, n_layers=2, dropout=cfg.dropout)
         self.head = mlp(2 * cfg.hidden, cfg.hidden, cfg.dropout)
         self.classifier = nn.Linear(cfg.hidden, cfg.n_classes)

@@ -19,14 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mosare import MODALITIES
 from mosare.config import ModelConfig
 from mosare.model.abmil import GatedAttentionPool
 from mosare.model.baselines.common import (
-    BAG_MODALITIES,
-    Baseline,
+    BagRNABaseline,
     InstanceProjection,
-    bag_modality,
     bag_of,
     impute_zeros,
     mlp,
@@ -75,7 +72,7 @@ def _heads(dim: int, most: int = 8) -> int:
     return next(h for h in (most, 4, 2, 1) if dim % h == 0)
 
 
-class MCATBaseline(Baseline):
+class MCATBaseline(BagRNABaseline):
     """MCAT co-attention.
 
     rna [B, G] -> 16 groups [B, 16, S] -> GroupedSNN -> genomic tokens Q [B, 16, H]
@@ -89,22 +86,15 @@ class MCATBaseline(Baseline):
     """
 
     name = "mcat"
-    requires = ("rna",)
-    requires_any = BAG_MODALITIES
-    uses = MODALITIES
     n_groups = 16
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        bag = bag_modality(cfg.modalities)
-        assert bag is not None
-        self.bag = bag
-        self.uses = tuple(m for m in MODALITIES if m in (bag, "rna"))
         h = cfg.hidden
         index, size = gene_groups(cfg.rna_dim, self.n_groups)
         self.register_buffer("gene_index", index, persistent=False)
         self.genomic = GroupedSNN(self.n_groups, size, h, cfg.dropout)
-        self.instances = InstanceProjection(cfg.dim(bag), h, cfg.dropout)
+        self.instances = InstanceProjection(cfg.dim(self.bag), h, cfg.dropout)
         self.null_key = nn.Parameter(torch.zeros(1, 1, h))
         self.coattn = nn.MultiheadAttention(h, num_heads=1, batch_first=True)
         self.bag_transformer = self._transformer(h, cfg.dropout)
