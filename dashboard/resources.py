@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -11,7 +12,7 @@ import torch
 from mosare import demo_brca
 from mosare.demo import MODEL_PATH, DemoCase, ensure_demo_cases
 from mosare.inference import Predictor
-from mosare.jobs import JobQueue
+from mosare.jobs import JobQueue, make_job_queue
 from mosare.preprocess.reports import ReportEmbedder
 from mosare.train.loop import resolve_device
 
@@ -34,10 +35,11 @@ def brca_cases(cache_dir: str) -> list[demo_brca.RealCase]:
     return demo_brca.brca_cases(cache_dir)
 
 
-@st.cache_resource
+@st.cache_resource(show_spinner="Connecting to the Ray cluster…")
 def job_queue() -> JobQueue:
-    """The one queue every session's model and slide jobs go through (one job on the device at a time)."""
-    return JobQueue(max_pending=16)
+    """The one queue every session's model and slide jobs go through (one job on the device at a time); with
+    ``MOSARE_RAY_ADDRESS`` set, the same queue served by actors on that Ray cluster (one per GPU)."""
+    return make_job_queue(max_pending=16)
 
 
 @st.cache_resource(max_entries=1, show_spinner="Loading the sentence encoder…")
@@ -50,6 +52,9 @@ def device() -> str:
 
 
 def device_label() -> str:
+    ray_address = os.environ.get("MOSARE_RAY_ADDRESS", "").strip()
+    if ray_address:
+        return f"Ray cluster at {ray_address}"
     if torch.cuda.is_available():
         return f"CUDA — {torch.cuda.get_device_name(0)}"
     return "CPU (no GPU found)"

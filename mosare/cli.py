@@ -43,6 +43,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mosare", description="MoSARe: multimodal cancer subtyping with missing modalities")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -72,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--hidden", type=_positive, default=None, help="hidden size D of every model (default 256)")
     e.add_argument("--workers", type=_positive, default=1,
                    help="folds run in parallel processes (CPU: threads are shared; CUDA: one GPU per worker, round-robin)")
+    e.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: this machine (--workers processes); ray: every run a Ray task (see --ray-address)")
+    e.add_argument("--ray-address", default=None, help="with --backend ray: the cluster (host:port, auto, "
+                   "ray://host:10001); default $RAY_ADDRESS, else a local Ray started on this machine")
+    e.add_argument("--gpus-per-run", type=_non_negative, default=0.0,
+                   help="with --backend ray: GPUs per run, fractions share one (0.25: four runs per GPU; 0: CPU)")
+    e.add_argument("--cpus-per-run", type=_non_negative, default=1.0, help="with --backend ray: CPUs per run")
     e.add_argument("--text-encoder", choices=("tfidf", "minilm"), default=None,
                    help="report vectors: TF-IDF → SVD fitted on each training fold (default) or a sentence model")
     e.add_argument("--text-model", default=None, help="with --text-encoder minilm: local sentence-transformers folder "
@@ -143,11 +160,8 @@ def _offline_defaults() -> None:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from mosare.cohort import build_cohort
     from mosare.config import ExperimentConfig, load_config
     from mosare.preprocess.finetune_text import METADATA_FILE
-    from mosare.preprocess.reports import ReportEmbedder
-    from mosare.train.experiment import run_experiment
     from mosare.train.splits import SCENARIOS
 
     cfg = load_config(args.config, ExperimentConfig) if args.config else ExperimentConfig()
@@ -180,6 +194,33 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if args.text_model and (Path(args.text_model) / METADATA_FILE).is_file():
         raise MosareError(f"{args.text_model} was fine-tuned on reports of every fold's patients, test folds included; "
                           "an experiment cannot use it without leaking (use --text-encoder tfidf, or the base model)")
+    if args.backend != "ray" and (args.ray_address or args.gpus_per_run or args.cpus_per_run != 1.0):
+        raise MosareError("--ray-address, --gpus-per-run and --cpus-per-run need --backend ray")
+    if args.backend == "ray" and args.cpus_per_run <= 0:
+        raise MosareError("--cpus-per-run must be > 0")
+    connected = False
+    if args.backend == "ray":  # before reading the data: a missing package or an unreachable cluster fails fast
+        from mosare.train.experiment import ray_backend
+
+        rb = ray_backend()
+        rb.run_device(cfg.train.device, args.gpus_per_run)
+        connected = rb.connect(args.ray_address)
+    try:
+        if args.backend == "ray":
+            rb.check_resources(args.cpus_per_run, args.gpus_per_run)
+        return _experiment(args, cfg)
+    finally:
+        if connected:
+            import ray
+
+            ray.shutdown()
+
+
+def _experiment(args: argparse.Namespace, cfg) -> int:
+    from mosare.cohort import build_cohort
+    from mosare.preprocess.reports import ReportEmbedder
+    from mosare.train.experiment import run_experiment
+
     embedder = (ReportEmbedder(model_path=args.text_model, cache_dir=args.cache_dir)
                 if args.reports and cfg.text_encoder == "minilm" else None)
     cohort = build_cohort(args.rna, args.reports, args.slides, label_column=cfg.label_column, classes=cfg.classes,
@@ -187,7 +228,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                           features_dir=args.features_dir, text_encoder=cfg.text_encoder)
     print(f"cohort: {len(cohort)} patients — {cohort.subset_summary()}", file=sys.stderr)
     start = time.perf_counter()
-    run_experiment(cohort, cfg, args.out, text_model=embedder.model_id if embedder else "", workers=args.workers)
+    run_experiment(cohort, cfg, args.out, text_model=embedder.model_id if embedder else "", workers=args.workers,
+                   backend=args.backend, ray_address=args.ray_address, gpus_per_run=args.gpus_per_run,
+                   cpus_per_run=args.cpus_per_run)
     print(f"experiment finished in {time.perf_counter() - start:.0f} s; results in {args.out}", file=sys.stderr)
     print((args.out / "summary.md").read_text(encoding="utf-8"))
     return 0

@@ -66,6 +66,7 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "cpu") -> None:
         self.model, self.meta, self.extras = load_checkpoint(checkpoint, device)
+        self.checkpoint = Path(checkpoint).resolve()  # what a Ray job actor loads in its place (mosare.ray_jobs)
         self.device = torch.device(device)
         self.cfg = self.model.cfg
         self.classes: list[str] = list(self.meta["classes"])

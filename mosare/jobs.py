@@ -4,10 +4,14 @@ A dashboard on a shared GPU server must not run two models at once (GPU memory) 
 pile up without bound. :class:`JobQueue` runs jobs on one worker thread in arrival order, refuses new ones
 when ``max_pending`` are waiting, and turns CUDA out-of-memory into a one-line error after freeing the memory,
 so that the next job starts clean.
+
+:func:`make_job_queue` picks the queue: this one, or with ``MOSARE_RAY_ADDRESS`` set the same interface served by
+actors on a Ray cluster (:mod:`mosare.ray_jobs`).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +30,16 @@ class BusyError(MosareError):
 
 class GpuMemoryError(MosareError):
     """A job ran out of accelerator memory; the memory was freed."""
+
+
+OOM_MESSAGE = ("out of GPU memory for this job: it was stopped and the memory freed; try a smaller input or switch "
+               "to the CPU")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA out-of-memory, as PyTorch raises it (its own class, or a RuntimeError from older code paths)."""
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
 
 
 def free_accelerator_memory() -> None:
@@ -83,11 +97,28 @@ class JobQueue:
     def _run(fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
         try:
             return fn(*args, **kwargs)
-        except torch.cuda.OutOfMemoryError:
-            pass  # leave the except block first: its traceback keeps the job's tensors alive
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
+            # out of memory: leave the except block first, its traceback keeps the job's tensors alive
         free_accelerator_memory()
-        raise GpuMemoryError("out of GPU memory for this job: it was stopped and the memory freed; try a smaller "
-                             "input or switch to the CPU")
+        raise GpuMemoryError(OOM_MESSAGE)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def make_job_queue(max_pending: int = 16, ray_address: str | None = None):
+    """The dashboard's queue: a :class:`JobQueue` on this machine, or with ``ray_address`` (default
+    ``$MOSARE_RAY_ADDRESS``) a :class:`mosare.ray_jobs.RayJobQueue` (same interface) on that Ray cluster."""
+    address = ray_address if ray_address is not None else os.environ.get("MOSARE_RAY_ADDRESS", "").strip()
+    if not address:
+        return JobQueue(max_pending=max_pending)
+    try:
+        from mosare.ray_jobs import RayJobQueue
+    except ImportError as err:
+        if err.name != "ray":
+            raise
+        raise MosareError("MOSARE_RAY_ADDRESS is set but the ray package is not installed: pip install "
+                          "'ray==2.60.0' (or unset the variable to run jobs on this machine)") from None
+    return RayJobQueue(address, max_pending=max_pending)

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from mosare import MODALITIES
 from mosare.cohort import Cohort
 from mosare.config import ExperimentConfig, ModelConfig, to_dict
+from mosare.errors import MosareError
 from mosare.io.atomic import atomic_write_text
 from mosare.io.checkpoint import save_checkpoint
 from mosare.model.registry import applicability, build_model
@@ -242,19 +243,36 @@ def audit_reports(cohort: Cohort, folds: list, out: Path) -> int:
     return flagged
 
 
+def ray_backend():
+    """:mod:`mosare.train.ray_backend`, imported on demand (Ray is heavy and optional)."""
+    try:
+        from mosare.train import ray_backend as module
+    except ImportError as err:
+        if err.name != "ray":
+            raise
+        raise MosareError("--backend ray needs the ray package: pip install 'ray==2.60.0'") from None
+    return module
+
+
 def run_experiment(cohort: Cohort, cfg: ExperimentConfig, out_dir: str | Path, *, text_model: str = "",
-                   workers: int = 1, progress: bool = True, resume: bool = True) -> pd.DataFrame:
+                   workers: int = 1, progress: bool = True, resume: bool = True, backend: str = "local",
+                   ray_address: str | None = None, gpus_per_run: float = 0.0, cpus_per_run: float = 1.0) -> pd.DataFrame:
     """Run the grid, write metrics.csv, subsets.csv, runs.csv, history.csv, summary.md and checkpoints.
 
     ``workers`` > 1 runs (fold, training setting) tasks in parallel processes, each with its share of the CPU
-    threads or its own GPU (round-robin over the visible GPUs). With ``resume`` (the default) runs finished by
-    an earlier, interrupted call into the same ``out_dir`` with the same config and data are reused; the number
-    reused is printed and kept in ``metrics.attrs["resumed"]``.
+    threads or its own GPU (round-robin over the visible GPUs). ``backend="ray"`` runs every (model, fold,
+    training setting) as a Ray task instead, on the cluster at ``ray_address`` (else a local Ray), each asking
+    for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs (see :mod:`mosare.train.ray_backend`); same results.
+    With ``resume`` (the default) runs finished by an earlier, interrupted call into the same ``out_dir`` with
+    the same config and data are reused; the number reused is printed and kept in ``metrics.attrs["resumed"]``.
     """
     start = time.perf_counter()
+    if backend not in ("local", "ray"):
+        raise MosareError(f"unknown backend {backend!r}; choose local or ray")
+    rb = ray_backend() if backend == "ray" else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.train.device)
+    device = rb.run_device(cfg.train.device, gpus_per_run) if rb else resolve_device(cfg.train.device)
     cfg = replace(cfg, text_encoder=cohort.text_encoder)  # the cohort's reports were prepared for this encoder
     mcfg = model_config_for(cohort, cfg.model)
     config_text = json.dumps(to_dict(replace(cfg, model=mcfg)), indent=1)
@@ -280,7 +298,10 @@ def run_experiment(cohort: Cohort, cfg: ExperimentConfig, out_dir: str | Path, *
     tasks = [(k, training, rate, scen) for k in range(len(folds)) for training, rate, scen in grid]
     results: list[dict] = []
     workers = max(1, min(workers, len(tasks)))
-    if workers == 1:
+    if rb is not None:
+        results = rb.run_grid(cohort, cfg, mcfg, folds, grid, out, text_model, reasons, base_fingerprint, done,
+                              address=ray_address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run)
+    elif workers == 1:
         for k, (train_all, test_idx) in enumerate(folds):
             fold = Fold(cohort, cfg, mcfg, k, train_all)
             for training, rate, scen in grid:
@@ -328,7 +349,8 @@ def run_experiment(cohort: Cohort, cfg: ExperimentConfig, out_dir: str | Path, *
     write_history(out, runs_df)
     seconds = time.perf_counter() - start
     atomic_write_text(out / "timing.json", json.dumps({"wall_seconds": round(seconds, 1), "runs": n_runs,
-                                                       "resumed": resumed, "workers": workers, "device": str(device),
+                                                       "resumed": resumed, "workers": workers, "backend": backend,
+                                                       "device": str(device),
                                                        "threads": torch.get_num_threads()}, indent=1))
     atomic_write_text(out / "summary.md", summarise(metrics_df, {m: r for m, r in reasons.items() if r}, subsets_df))
     metrics_df.attrs["resumed"] = resumed
