@@ -6,7 +6,7 @@ usage: python bench/dashboard.py [--repeat 20] [--case 0] [--cache DIR] [--devic
 
 Printed (seconds; median and p95 over the repetitions, after warm-up runs that are not counted):
 
-- (a) switching a modality off, in process: ``mosare.workbench.analyse`` on the loaded demo case with one
+- (a) switching a modality off, in process: ``mosare.app.workbench.analyse`` on the loaded demo case with one
   modality off (the prediction plus one re-inference per remaining modality, as the Case page's Run does),
   then the heatmap the Slide page draws from it (``normalise`` + ``heatmap_overlay`` + ``colorbar_png`` +
   ``to_png``). Target: 0.5 s. Also shown, not in the total: the size and serialisation time of the plotly
@@ -47,10 +47,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mosare import MODALITIES  # noqa: E402
-from mosare.demo import MODEL_PATH, default_cache_dir, ensure_demo_cases  # noqa: E402
+from mosare.config import cache_dir
+from mosare.app.demo import MODEL_PATH, ensure_demo_cases  # noqa: E402
 from mosare.explain import heatmap  # noqa: E402
 from mosare.inference import Prediction, Predictor  # noqa: E402
-from mosare.workbench import MODALITY_NAMES, SlideView, analyse, load_case  # noqa: E402
+from mosare.app.workbench import MODALITY_NAMES, SlideView, analyse, load_case  # noqa: E402
 from tests.browser import CHROMIUM_ARGS, HEATMAP_PAINTED_JS, IDLE_JS, VIEWPORT, BrowserMissing, ServerError  # noqa: E402
 from tests.browser import StreamlitServer, find_chromium, wait_idle  # noqa: E402
 
@@ -99,7 +100,7 @@ def cache_only_embedder(cache: Path):
     without loading the sentence model; a report missing from the cache stops the benchmark."""
     import json
 
-    from mosare.preprocess.reports import ReportEmbedder
+    from mosare.text.embed import ReportEmbedder
 
     info_path = cache / REPORT_MODEL_FILE
     if not info_path.is_file():
@@ -122,7 +123,7 @@ def prepare_offline(cache: Path) -> None:
     """Materialise the demo cases under ``cache`` and embed every demo report there (see the module docstring)."""
     import json
 
-    from mosare.preprocess.reports import ReportEmbedder
+    from mosare.text.embed import ReportEmbedder
 
     t = time.perf_counter()
     demo = ensure_demo_cases(cache)
@@ -141,7 +142,7 @@ def prepare_offline(cache: Path) -> None:
 
 
 def bench_in_process(args, cache: Path, device: torch.device) -> None:
-    from mosare.preprocess.reports import ReportEmbedder
+    from mosare.text.embed import ReportEmbedder
 
     t = time.perf_counter()
     demo = ensure_demo_cases(cache)
@@ -363,12 +364,12 @@ def main() -> None:
         except BrowserMissing as err:
             sys.exit(f"bench/dashboard.py: --browser needs a browser: {err}")
 
-    cache = (args.cache or default_cache_dir()).expanduser().resolve()
+    cache = (args.cache or cache_dir()).expanduser().resolve()
     os.environ["MOSARE_CACHE"] = str(cache)  # the report embedder's cache too, as in the app
     if args.prepare_offline:
         prepare_offline(cache)
         return
-    from mosare.preprocess.extract import resolve_device
+    from mosare.types import resolve_device
 
     device = resolve_device(args.device)
     if device.type == "cuda":

@@ -9,7 +9,7 @@ usage: python bench/extract.py [--slide ../shared/data/slides/cmu-1-small-region
 The slide's tissue tiles (``tile_slide``) are looped ``--repeat`` times (or cycled up to ``--tiles``) for a
 stable figure. ``--synthetic-slide PATH`` benchmarks a synthetic H&E slide instead of ``--slide`` (for machines
 without the shared data): a mosaic of ``--synthetic-grid`` x ``--synthetic-grid`` slides of ``--synthetic-size``
-px rendered by :mod:`mosare.preprocess.synthetic_slide`, written to PATH when it does not exist yet (writing
+px rendered by :mod:`mosare.synthetic.slide`, written to PATH when it does not exist yet (writing
 its JPEG tiles needs ``imagecodecs``; reading it needs only OpenSlide). Printed:
 
 - raw: OpenSlide ``read_region`` alone, single process, sequential loop, same tiles / level / size (the better
@@ -44,17 +44,10 @@ import openslide  # noqa: E402
 import torch  # noqa: E402
 
 from mosare.io.slides import open_slide  # noqa: E402
-from mosare.preprocess.extract import (  # noqa: E402
-    LoadedEncoder,
-    TileDataset,
-    cpu_threads,
-    encode_tiles,
-    extract_slide,
-    load_encoder,
-    make_loader,
-    resolve_device,
-)
-from mosare.preprocess.tissue import TileGrid, tile_slide  # noqa: E402
+from mosare.slides.extract import LoadedEncoder, cpu_threads, encode_tiles, extract_slide, load_encoder
+from mosare.types import resolve_device
+from mosare.slides.tiles import TileDataset, make_loader
+from mosare.slides.tissue import TileGrid, tile_slide  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,9 +58,9 @@ def _sync(device: torch.device) -> None:
 
 
 def write_synthetic_slide(path: Path, grid: int = 2, seed: int = 0, size: int = 2048) -> None:
-    """A ``grid`` x ``grid`` mosaic of synthetic H&E slides (``mosare.preprocess.synthetic_slide``, ``size`` px
+    """A ``grid`` x ``grid`` mosaic of synthetic H&E slides (``mosare.synthetic.slide``, ``size`` px
     each, alternating classes A/B) written as the same pyramidal JPEG TIFF at 0.5 um/px as the demo cohort's."""
-    from mosare.preprocess import synthetic_slide as ss
+    from mosare.synthetic import slide as ss
 
     if size % ss.SLIDE_TILE or not 3 * ss.SLIDE_TILE <= size <= ss.TEXTURE_SIZE:
         sys.exit(f"bench/extract.py: --synthetic-size must be a multiple of {ss.SLIDE_TILE} between "

@@ -93,7 +93,7 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def brca(args, rng: np.random.Generator) -> dict:
-    from mosare.cohort import build_cohort
+    from mosare.data.cohort import build_cohort
     from mosare.train.splits import patient_folds
 
     ckpt = Path(args.checkpoint) if args.checkpoint else Path(str(DEFAULT_CKPT).format(fold=args.fold))
@@ -167,10 +167,10 @@ def brca(args, rng: np.random.Generator) -> dict:
 
 
 def demo(args, rng: np.random.Generator) -> dict:
-    from mosare.demo import MODEL_PATH, ensure_demo_cases
+    from mosare.app.demo import MODEL_PATH, ensure_demo_cases
     from mosare.explain.heatmap import tiles_in_bbox
-    from mosare.preprocess.reports import ReportEmbedder
-    from mosare.workbench import load_case
+    from mosare.text.embed import ReportEmbedder
+    from mosare.app.workbench import load_case
 
     t = time.perf_counter()
     cases = ensure_demo_cases(args.demo_cache)

@@ -11,7 +11,7 @@
 #                        pillow, tifffile, transformers and sentence-transformers (see the device's KINDS.md);
 #                        streamlit, plotly, playwright and datasets are not needed by the benchmarks there.
 #   synthetic-4x4.tiff   the extraction benchmark's slide: a 4 x 4 mosaic (8192 px, ~520 tissue tiles) rendered
-#                        by mosare.preprocess.synthetic_slide. Written here because writing its JPEG tiles
+#                        by mosare.synthetic.slide. Written here because writing its JPEG tiles
 #                        needs imagecodecs (a 20+ MB wheel); reading it there needs only OpenSlide.
 #   mosare/              a MOSARE_CACHE with the dashboard's demo cases and their report embeddings, so the
 #                        dashboard benchmark runs there without the 90 MB sentence model

@@ -127,7 +127,7 @@ for m in mods:
         vers.append(f"{m} MISSING")
 print(f"python {sys.version.split()[0]} ({sys.executable}); torch {torch.__version__} (CUDA {torch.version.cuda})")
 print("; ".join(vers))
-import openslide, timm, h5py, sklearn, mosare.preprocess.extract, mosare.train.experiment, mosare.workbench  # noqa
+import openslide, timm, h5py, sklearn, mosare.slides.extract, mosare.train.experiment, mosare.app.workbench  # noqa
 if sys.argv[1] == "cuda":
     if not torch.cuda.is_available():
         sys.exit("torch sees no CUDA device")

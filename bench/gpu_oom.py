@@ -1,4 +1,4 @@
-"""A real CUDA out-of-memory through the shared job queue (:class:`mosare.jobs.JobQueue`), then a normal job.
+"""A real CUDA out-of-memory through the shared job queue (:class:`mosare.app.jobs.JobQueue`), then a normal job.
 
 usage: python bench/gpu_oom.py [--chunk-gib 4] [--dry-run]
 
@@ -9,7 +9,7 @@ On a CUDA machine, through one queue, in order:
    PyTorch's allocator, never managed memory);
 3. a normal job (a bf16 matrix product).
 
-Checked and printed: each out-of-memory job ends in :class:`mosare.jobs.GpuMemoryError` with a one-line
+Checked and printed: each out-of-memory job ends in :class:`mosare.app.jobs.GpuMemoryError` with a one-line
 message, the memory it held is given back (PyTorch's allocated and reserved bytes back to where they were
 before, the driver's free memory back within 1 GiB), the queue is empty again, and the normal job succeeds.
 Exit code 0 when every check holds, 1 otherwise.
@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from mosare.jobs import GpuMemoryError, JobQueue
+from mosare.app.jobs import GpuMemoryError, JobQueue
 
 GIB = 2**30
 

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from mosare.cohort import Cohort  # noqa: E402
+from mosare.data.cohort import Cohort  # noqa: E402
 from mosare.config import ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
 from mosare.train.experiment import run_experiment  # noqa: E402
 

@@ -27,7 +27,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from mosare.cohort import build_cohort  # noqa: E402
+from mosare.data.cohort import build_cohort  # noqa: E402
 from mosare.config import ExperimentConfig, ModelConfig  # noqa: E402
 from mosare.train.experiment import Fold, model_config_for  # noqa: E402
 from mosare.train.splits import patient_folds  # noqa: E402

@@ -163,8 +163,8 @@ def main() -> None:
         sys.exit(f"bench/sessions.py: needs a browser: {err}")
     from playwright.sync_api import sync_playwright
 
-    from mosare.demo import ensure_demo_cases
-    from mosare.workbench import MODALITY_NAMES
+    from mosare.app.demo import ensure_demo_cases
+    from mosare.app.workbench import MODALITY_NAMES
 
     print(f"machine: {os.cpu_count()} CPU cores; load average {fmt_load()}")
     print(f"plan: {args.cycles} cycles (new browser context -> Case page drawn -> close), load + Run on every "

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from mosare.cohort import build_cohort  # noqa: E402
+from mosare.data.cohort import build_cohort  # noqa: E402
 from mosare.config import ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
 from mosare.model.registry import build_model  # noqa: E402
 from mosare.train.experiment import Fold, model_config_for  # noqa: E402

@@ -28,7 +28,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mosare.cohort import Cohort, build_cohort  # noqa: E402
+from mosare.data.cohort import Cohort, build_cohort  # noqa: E402
 from mosare.config import ModelConfig, TrainConfig  # noqa: E402
 from mosare.model.mosare import MoSARe  # noqa: E402
 from mosare.train.data import fit_fold_features, make_batch  # noqa: E402

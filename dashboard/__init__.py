@@ -1,1 +1,1 @@
-"""The MoSARe dashboard: Streamlit UI only. Logic lives in :mod:`mosare` (see mosare.workbench, mosare.explain)."""
+"""The MoSARe dashboard: Streamlit UI only. Logic lives in :mod:`mosare` (see mosare.app.workbench, mosare.explain)."""

@@ -9,12 +9,12 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from mosare import demo_brca
-from mosare.demo import MODEL_PATH, DemoCase, ensure_demo_cases
+from mosare.app import demo_brca
+from mosare.app.demo import MODEL_PATH, DemoCase, ensure_demo_cases
 from mosare.inference import Predictor
-from mosare.jobs import JobQueue, make_job_queue
-from mosare.preprocess.reports import ReportEmbedder
-from mosare.train.loop import resolve_device
+from mosare.app.jobs import JobQueue, make_job_queue
+from mosare.text.embed import ReportEmbedder
+from mosare.types import resolve_device
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")

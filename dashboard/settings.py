@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mosare.demo import default_cache_dir
+from mosare.config import cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +26,6 @@ class Settings:
         exps = [REPO / "assets" / "demo" / "experiment", REPO / "assets" / "demo" / "ablations",
                 *(REPO / "assets" / "results" / n for n in ("tcga-brca", "tcga-brca-table2", "tcga-brca-ablations"))]
         exps += [Path(p).expanduser() for p in os.environ.get("MOSARE_EXPERIMENT_DIRS", "").split(":") if p]
-        return cls(cache_dir=default_cache_dir(), slide_root=Path(root).expanduser().resolve() if root else None,
+        return cls(cache_dir=cache_dir(), slide_root=Path(root).expanduser().resolve() if root else None,
                    model_dirs=tuple(p if p.is_absolute() else REPO / p for p in models), experiment_dirs=tuple(exps),
                    default_model=os.environ.get("MOSARE_DEFAULT_MODEL", "").strip())

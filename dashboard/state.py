@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 from mosare.inference import Case
-from mosare.workbench import Analysis, SlideView
+from mosare.app.workbench import Analysis, SlideView
 
 _KEY = "mosare_case"
 

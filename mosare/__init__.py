@@ -1,8 +1,9 @@
 """MoSARe: Mixture of Experts, Symmetric Aligning and Reconstruction for multimodal cancer subtyping
 with missing modalities (Moradinasab et al., 2025).
 
-Layers follow the data flow: ``io`` / ``preprocess`` (data, features) → ``model`` → ``train`` / ``explain``
-→ ``inference``. The package never imports streamlit.
+Layers follow the data flow (tests/test_layering.py enforces the order): core (config, types, errors) → ``io`` →
+``text`` / ``slides`` → ``data`` / ``synthetic`` → ``model`` → ``train`` → ``inference`` → ``explain`` → ``app`` →
+``cli``. The package never imports streamlit.
 """
 
 __version__ = "0.1.0"

@@ -161,7 +161,7 @@ def _offline_defaults() -> None:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from mosare.config import ExperimentConfig, load_config
-    from mosare.preprocess.finetune_text import METADATA_FILE
+    from mosare.train.finetune_text import METADATA_FILE
     from mosare.train.splits import SCENARIOS
 
     cfg = load_config(args.config, ExperimentConfig) if args.config else ExperimentConfig()
@@ -217,8 +217,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def _experiment(args: argparse.Namespace, cfg) -> int:
-    from mosare.cohort import build_cohort
-    from mosare.preprocess.reports import ReportEmbedder
+    from mosare.data.cohort import build_cohort
+    from mosare.text.embed import ReportEmbedder
     from mosare.train.experiment import run_experiment
 
     embedder = (ReportEmbedder(model_path=args.text_model, cache_dir=args.cache_dir)
@@ -271,7 +271,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from mosare.preprocess.encoders import list_encoders
+    from mosare.slides.encoders import list_encoders
 
     if args.list_encoders:
         rows = [(e.name, str(e.dim), "yes" if e.pathology_pretrained else "no",
@@ -286,8 +286,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         raise MosareError("extract needs --slides and --out (or --list-encoders)")
     if args.workers < 0:
         raise MosareError("--workers must be >= 0")
-    from mosare.preprocess.encoders import get_encoder
-    from mosare.preprocess.extract import run_extract
+    from mosare.slides.encoders import get_encoder
+    from mosare.slides.extract import run_extract
 
     spec = get_encoder(args.encoder)
     if not spec.pathology_pretrained:
@@ -300,7 +300,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune_text(args: argparse.Namespace) -> int:
-    from mosare.preprocess.finetune_text import run_finetune
+    from mosare.train.finetune_text import run_finetune
 
     results = run_finetune(args.reports, args.out, classes=args.classes, label_column=args.label_column,
                            folds=None if args.all_folds else [args.fold], n_folds=args.folds, rna=args.rna,
@@ -313,7 +313,7 @@ def cmd_finetune_text(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_cohort(args: argparse.Namespace) -> int:
-    from mosare.preprocess.synthetic import write_demo_cohort
+    from mosare.synthetic.cohort import write_demo_cohort
 
     write_demo_cohort(args.out, n_cases=args.cases, seed=args.seed, slides=not args.no_slides)
     print(f"demo cohort written to {args.out} ({args.cases} cases)")
@@ -321,7 +321,7 @@ def cmd_demo_cohort(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_assets(args: argparse.Namespace) -> int:
-    from mosare.demo import ASSETS, build_demo_assets
+    from mosare.app.demo import ASSETS, build_demo_assets
 
     summary = build_demo_assets(args.work, args.out or ASSETS, epochs=args.epochs, workers=args.workers)
     print(json.dumps(summary, indent=1))
@@ -329,7 +329,7 @@ def cmd_demo_assets(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_assets_brca(args: argparse.Namespace) -> int:
-    from mosare.demo_brca import ASSETS, build_brca_demo
+    from mosare.app.demo_brca import ASSETS, build_brca_demo
 
     print(json.dumps(build_brca_demo(args.data, args.experiment, args.out or ASSETS, fold=args.fold), indent=1))
     return 0

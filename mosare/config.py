@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +19,11 @@ from mosare import MODALITIES
 from mosare.errors import MosareError
 
 T = TypeVar("T")
+
+
+def cache_dir() -> Path:
+    """Root of every cache (demo cases, report embeddings): ``$MOSARE_CACHE`` or ``~/.cache/mosare``."""
+    return Path(os.environ.get("MOSARE_CACHE") or Path.home() / ".cache" / "mosare").expanduser()
 
 
 @dataclass

@@ -12,12 +12,12 @@ import torch
 
 from mosare import MODALITIES
 from mosare.errors import InputError
-from mosare.io.checkpoint import load_checkpoint
+from mosare.model.checkpoint import load_checkpoint
 from mosare.io.features import read_features
 from mosare.io.tables import check_report_text, read_table, to_float
-from mosare.preprocess.local_tokens import gmm_local_tokens
-from mosare.preprocess.scrub import has_content
-from mosare.preprocess.text_encoder import TfidfSvdEncoder
+from mosare.data.local_tokens import gmm_local_tokens
+from mosare.text.scrub import has_content
+from mosare.text.tfidf import TfidfSvdEncoder
 from mosare.train.calibration import apply_temperature, prediction_sets, set_label
 from mosare.types import Batch
 
@@ -66,7 +66,7 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "cpu") -> None:
         self.model, self.meta, self.extras = load_checkpoint(checkpoint, device)
-        self.checkpoint = Path(checkpoint).resolve()  # what a Ray job actor loads in its place (mosare.ray_jobs)
+        self.checkpoint = Path(checkpoint).resolve()  # what a Ray job actor loads in its place (mosare.app.ray_jobs)
         self.device = torch.device(device)
         self.cfg = self.model.cfg
         self.classes: list[str] = list(self.meta["classes"])
@@ -89,7 +89,7 @@ class Predictor:
         What was averaged or missing is appended to ``notes`` (one line each).
         """
         from mosare.io.tables import MAX_CASE_TABLE_BYTES, MAX_CASE_TABLE_ROWS
-        from mosare.preprocess.rna import clean_gene_id
+        from mosare.data.rna import clean_gene_id
 
         df = read_table(path, max_bytes=MAX_CASE_TABLE_BYTES, max_rows=MAX_CASE_TABLE_ROWS)
         if df.shape[1] == 2 and len(df) >= 2 and not pd.api.types.is_numeric_dtype(df.iloc[:, 0].dtype):
@@ -177,7 +177,9 @@ class Predictor:
             case.patches, case.coords = sf.features, sf.coords
             present[0] = True
         if report_text is not None and "rpt" in self.cfg.modalities:
-            from mosare.preprocess.reports import ReportEmbedder, scrub, split_sentences, vocabulary_for
+            from mosare.text.embed import ReportEmbedder
+            from mosare.text.scrub import scrub, vocabulary_for
+            from mosare.text.sentences import split_sentences
 
             clean = scrub(report_text, [*vocabulary_for(self.classes), *self.meta.get("scrub_terms", [])]).text
             if not has_content(clean):
@@ -289,6 +291,6 @@ class Predictor:
 
 
 def load_predictor(checkpoint: str | Path, device: str = "auto") -> Predictor:
-    from mosare.train.loop import resolve_device
+    from mosare.types import resolve_device
 
     return Predictor(checkpoint, resolve_device(device))

@@ -7,12 +7,14 @@ Which modalities a case has is an explicit boolean mask; a missing modality is a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
 
 from mosare import MODALITIES
+from mosare.errors import MosareError
 
 
 @dataclass
@@ -85,3 +87,19 @@ class ModelOutput:
     probs: Tensor
     aux: dict[str, Tensor] = field(default_factory=dict)
     attention: dict[str, Tensor] = field(default_factory=dict)
+
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; on CUDA ``local_rank`` (or ``$LOCAL_RANK``) picks the GPU."""
+    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
+        raise MosareError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise MosareError("--device cuda requested but no CUDA GPU is available (use --device auto or cpu)")
+    if name.startswith("cuda:"):
+        return torch.device(name)
+    if local_rank is None and os.environ.get("LOCAL_RANK", "").isdigit():
+        local_rank = int(os.environ["LOCAL_RANK"])
+    return torch.device("cuda", (local_rank or 0) % torch.cuda.device_count())

@@ -60,7 +60,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory) -> Path:
     """A cache folder (``MOSARE_CACHE``) with the dashboard's demo cases materialised once per test session."""
-    from mosare.demo import ensure_demo_cases
+    from mosare.app.demo import ensure_demo_cases
 
     cache = tmp_path_factory.mktemp("mosare-cache")
     ensure_demo_cases(cache)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from mosare import MODALITIES
-from mosare.cohort import Cohort
+from mosare.data.cohort import Cohort
 from mosare.config import ModelConfig
 from mosare.types import Batch
 

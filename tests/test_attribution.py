@@ -14,10 +14,10 @@ from helpers import rna_cohort
 from mosare.config import ModelConfig, TrainConfig
 from mosare.explain import attribution
 from mosare.inference import Case, Predictor
-from mosare.io.checkpoint import save_checkpoint
-from mosare.preprocess.local_tokens import fit_prototypes
-from mosare.preprocess.reports import split_sentences
-from mosare.preprocess.text_encoder import TfidfSvdEncoder
+from mosare.model.checkpoint import save_checkpoint
+from mosare.data.local_tokens import fit_prototypes
+from mosare.text.sentences import split_sentences
+from mosare.text.tfidf import TfidfSvdEncoder
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():

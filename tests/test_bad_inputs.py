@@ -29,7 +29,7 @@ import pandas as pd
 import pytest
 
 from mosare.cli import main
-from mosare.demo import MODEL_PATH
+from mosare.app.demo import MODEL_PATH
 from mosare.errors import InputError
 from tests.conftest import REPO_ROOT, require_data
 
@@ -503,7 +503,7 @@ def test_experiment_refuses_bad_cohort_tables(tmp_path: Path, capsys) -> None:
 
 
 def test_cohort_tables_encodings_duplicates_and_report_cap(tmp_path: Path) -> None:
-    from mosare.io.tables import read_reports_table, read_rna_table
+    from mosare.io.readers import read_reports_table, read_rna_table
 
     text = "patient_id,code,TP53,GATA3,TP53\nP1,A,1,-2,3\nP2,B,,0.5,1\n"
     frames = []

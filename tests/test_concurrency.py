@@ -4,7 +4,7 @@ One ``streamlit run`` server (the session's demo cache), one headless Chromium, 
 contexts (ten Streamlit sessions, no shared cookies). The ten open the app together and each, once its Case
 page is drawn, loads a different demo case (all ten; the loads go through the job queue as well). Then Run is
 pressed in all ten pages back to back, without waiting in between, so that the ten inference jobs are queued
-together in the server's single :class:`mosare.jobs.JobQueue` (16 slots: "the server is busy" is a failure
+together in the server's single :class:`mosare.app.jobs.JobQueue` (16 slots: "the server is busy" is a failure
 here). Each page must show its own case's prediction: the label and both probabilities to 3 decimals, as
 computed in this process with the same model and inputs (no cross-talk between sessions). The server must
 log no exception and still answer ``/_stcore/health``. The first session, once answered, switches to the
@@ -54,10 +54,10 @@ class Expected:
 def expected_answers(cache: Path, scratch: Path) -> list[Expected]:
     """Every demo case's prediction with all its modalities, computed in this process as the Case page does
     (load_case, then analyse). The report embeddings get their own cache, so nothing is shared with the server."""
-    from mosare.demo import MODEL_PATH, ensure_demo_cases
+    from mosare.app.demo import MODEL_PATH, ensure_demo_cases
     from mosare.inference import Predictor
-    from mosare.preprocess.reports import ReportEmbedder
-    from mosare.workbench import MODALITY_NAMES, analyse, load_case
+    from mosare.text.embed import ReportEmbedder
+    from mosare.app.workbench import MODALITY_NAMES, analyse, load_case
 
     cases = ensure_demo_cases(cache)
     predictor = Predictor(MODEL_PATH, "cpu")
@@ -156,8 +156,8 @@ def _open_and_load(page, option: str) -> None:
 def test_ten_sessions_one_queue_each_gets_its_own_answer(chromium: str, start_streamlit, demo_cache: Path, tmp_path: Path):
     from playwright.sync_api import expect, sync_playwright
 
-    from mosare.demo import ensure_demo_cases
-    from mosare.workbench import MODALITY_NAMES
+    from mosare.app.demo import ensure_demo_cases
+    from mosare.app.workbench import MODALITY_NAMES
 
     t0 = time.monotonic()
     timings: dict[str, float] = {}

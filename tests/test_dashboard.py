@@ -87,7 +87,7 @@ def test_app_opens_on_a_held_out_real_brca_patient():
     """The default demo: MoSARe trained on TCGA-BRCA RNA + reports; a held-out patient with both modalities."""
     import json
 
-    from mosare import demo_brca
+    from mosare.app import demo_brca
 
     at = _app()
     assert at.sidebar.selectbox(key="model_label").value.startswith("Demo: MoSARe on TCGA-BRCA")
@@ -210,7 +210,7 @@ def test_experiment_checkpoint_from_the_sidebar_with_uploaded_features_and_rna(t
 
     import pandas as pd
 
-    from mosare.demo import MODEL_PATH, ensure_demo_cases
+    from mosare.app.demo import MODEL_PATH, ensure_demo_cases
 
     run = tmp_path / "runs" / "my-experiment" / "checkpoints" / "mosare" / "complete-0"
     run.mkdir(parents=True)

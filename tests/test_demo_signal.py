@@ -16,10 +16,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mosare.demo import MODEL_PATH, ensure_demo_cases
+from mosare.app.demo import MODEL_PATH, ensure_demo_cases
 from mosare.explain.heatmap import tiles_in_bbox
 from mosare.inference import Predictor
-from mosare.workbench import analyse, load_case
+from mosare.app.workbench import analyse, load_case
 
 TOP_K = 5
 

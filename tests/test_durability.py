@@ -130,7 +130,7 @@ def test_atomic_files_get_ordinary_permissions(tmp_path: Path) -> None:
 
 def test_writers_killed_midway_leave_the_old_file_and_a_recognisable_temporary(tmp_path: Path) -> None:
     """A child process SIGKILLs itself in the middle of writing a feature file and a checkpoint."""
-    from mosare.io.checkpoint import load_checkpoint, save_checkpoint
+    from mosare.model.checkpoint import load_checkpoint, save_checkpoint
     from mosare.model.registry import build_model
 
     cfg = ModelConfig(modalities=("rna",), rna_dim=6, hidden=8, gene_token_dim=4)
@@ -150,7 +150,7 @@ def test_writers_killed_midway_leave_the_old_file_and_a_recognisable_temporary(t
             features.write_features_h5(root + "/slide.h5", np.full((50, 4), 2, np.float32), np.zeros((50, 2)),
                                        {{"encoder": "new"}})
         else:
-            import mosare.io.checkpoint as checkpoint
+            import mosare.model.checkpoint as checkpoint
             from mosare.config import ModelConfig
             from mosare.model.registry import build_model
             real = checkpoint.save_file
@@ -182,7 +182,7 @@ def test_writers_killed_midway_leave_the_old_file_and_a_recognisable_temporary(t
 
 
 def test_checkpoint_pair_from_different_saves_is_refused(tmp_path: Path) -> None:
-    from mosare.io.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+    from mosare.model.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
     from mosare.model.registry import build_model
 
     cfg = ModelConfig(modalities=("rna",), rna_dim=6, hidden=8, gene_token_dim=4)
@@ -199,7 +199,7 @@ def test_checkpoint_pair_from_different_saves_is_refused(tmp_path: Path) -> None
 
 
 def test_truncated_or_corrupt_feature_file_is_not_taken_as_done(tmp_path: Path) -> None:
-    from mosare.preprocess.extract import finished_encoder
+    from mosare.slides.extract import finished_encoder
 
     good = write_features_h5(tmp_path / "good.h5", np.ones((400, 64), np.float32), np.zeros((400, 2)),
                              {"encoder": "handcrafted"})
@@ -215,7 +215,7 @@ def test_truncated_or_corrupt_feature_file_is_not_taken_as_done(tmp_path: Path) 
 
 
 def test_extraction_killed_leaves_no_partial_file_and_resumes(tmp_path: Path) -> None:
-    from mosare.preprocess.synthetic import write_demo_cohort
+    from mosare.synthetic.cohort import write_demo_cohort
 
     write_demo_cohort(tmp_path / "cohort", n_cases=12, seed=1, slides=True)
     slides = sorted((tmp_path / "cohort" / "slides").glob("*.tiff"))
@@ -263,7 +263,7 @@ def test_extraction_killed_leaves_no_partial_file_and_resumes(tmp_path: Path) ->
 
 def _assert_complete_outputs(out: Path) -> int:
     """Every checkpoint present loads with its .json; every run record matches its checkpoint. -> n records."""
-    from mosare.io.checkpoint import load_checkpoint
+    from mosare.model.checkpoint import load_checkpoint
 
     for w in out.rglob("*.safetensors"):
         model, meta, _ = load_checkpoint(w)
@@ -283,7 +283,7 @@ def _assert_complete_outputs(out: Path) -> int:
 
 @pytest.mark.slow  # three `python -m mosare experiment` processes: 97-216 s on the shared 2-core machine
 def test_experiment_killed_leaves_no_partial_file_and_resumes_to_the_same_metrics(tmp_path: Path) -> None:
-    from mosare.preprocess.synthetic import write_demo_cohort
+    from mosare.synthetic.cohort import write_demo_cohort
 
     write_demo_cohort(tmp_path / "cohort", n_cases=40, seed=2, slides=False)
     data = ["--rna", str(tmp_path / "cohort" / "rna.csv.gz"), "--slides", str(tmp_path / "cohort" / "slides.csv")]
@@ -364,7 +364,7 @@ def test_changed_epochs_on_the_command_line_does_not_reuse_records(tmp_path: Pat
     from mosare.cli import main
 
     cohort_dir = tmp_path / "cohort"
-    from mosare.preprocess.synthetic import write_demo_cohort
+    from mosare.synthetic.cohort import write_demo_cohort
 
     write_demo_cohort(cohort_dir, n_cases=24, seed=3, slides=False)
     base = ["experiment", "--rna", str(cohort_dir / "rna.csv.gz"), "--label-column", "label", "--classes", "A,B",

@@ -22,8 +22,9 @@ from PIL import Image
 from conftest import REPO_ROOT, require_data
 from mosare.errors import InputError
 from mosare.explain import heatmap, report, rna, scenarios
-from mosare.preprocess.reports import scrub, split_sentences, vocabulary_for
-from mosare.preprocess.rna import load_pathways
+from mosare.text.scrub import scrub, vocabulary_for
+from mosare.text.sentences import split_sentences
+from mosare.data.rna import load_pathways
 
 RESULTS = REPO_ROOT / "assets" / "results" / "tcga-brca-table2"  # the full scenario grid (Table 2)
 

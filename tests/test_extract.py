@@ -19,11 +19,12 @@ from mosare.cli import main
 from mosare.errors import InputError, MosareError
 from mosare.io.features import read_features, write_features_h5
 from mosare.io.slides import open_slide
-from mosare.preprocess import encoders as enc_mod
-from mosare.preprocess import extract as ext_mod
-from mosare.preprocess.encoders import get_encoder, list_encoders, load_state_dict_file
-from mosare.preprocess.extract import collect_slides, finished_encoder, shard
-from mosare.preprocess.tissue import MissingMppWarning, tile_slide
+from mosare.slides import encoders as enc_mod
+from mosare.slides import extract as ext_mod
+from mosare.slides.encoders import get_encoder, list_encoders, load_state_dict_file
+from mosare.slides.discovery import collect_slides, shard
+from mosare.slides.extract import finished_encoder
+from mosare.slides.tissue import MissingMppWarning, tile_slide
 
 CMU = "slides/cmu-1-small-region.svs"
 TCGA = "slides/tcga-cr-7395-01a-01-ts1.svs"

@@ -64,8 +64,8 @@ def tuned(tmp_path_factory):
     """Fine-tune fold 0 once, recording every text handed to the trainer."""
     import sentence_transformers
 
-    from mosare.io.tables import read_reports_table
-    from mosare.preprocess.finetune_text import fold_split, run_finetune
+    from mosare.io.readers import read_reports_table
+    from mosare.train.finetune_text import fold_split, run_finetune
 
     tmp = tmp_path_factory.mktemp("finetune")
     reports = _reports(tmp / "reports.csv")
@@ -95,7 +95,7 @@ def tuned(tmp_path_factory):
 
 
 def test_saved_model_loads_and_differs_from_base(tuned):
-    from mosare.preprocess.reports import ReportEmbedder
+    from mosare.text.embed import ReportEmbedder
 
     out = tuned["tmp"] / "out" / "fold0"
     assert tuned["result"].out_dir == out
@@ -110,7 +110,7 @@ def test_saved_model_loads_and_differs_from_base(tuned):
 
 
 def test_metadata(tuned):
-    from mosare.preprocess.finetune_text import ids_sha256
+    from mosare.train.finetune_text import ids_sha256
 
     meta = json.loads((tuned["tmp"] / "out" / "fold0" / "mosare-finetune.json").read_text())
     split = tuned["split"]
@@ -140,10 +140,10 @@ def test_test_fold_never_reaches_the_trainer(tuned):
 
 def test_folds_match_the_experiment(tmp_path):
     """With --rna, fold K is the experiment's fold K (labels from RNA first, then reports)."""
-    from mosare.cohort import build_cohort
-    from mosare.io.tables import read_reports_table, read_rna_table
-    from mosare.preprocess.finetune_text import fold_split
-    from mosare.preprocess.reports import ReportEmbedding
+    from mosare.data.cohort import build_cohort
+    from mosare.io.readers import read_reports_table, read_rna_table
+    from mosare.train.finetune_text import fold_split
+    from mosare.text.embed import ReportEmbedding
     from mosare.train.splits import patient_folds, train_val_split
 
     rng = np.random.default_rng(1)
@@ -176,7 +176,7 @@ def test_folds_match_the_experiment(tmp_path):
 
 
 def test_labelled_sentences_caps_and_drops_shared():
-    from mosare.preprocess.finetune_text import labelled_sentences
+    from mosare.text.sentence_data import labelled_sentences
 
     texts = {"a": "One red apple here. Two red apples there. Shared template sentence here.",
              "b": "Three blue berries here. Shared template sentence here. Four blue berries there."}
@@ -184,7 +184,7 @@ def test_labelled_sentences_caps_and_drops_shared():
     assert len(sents) == 2 and labels == [0, 1]
     assert all("Shared" not in s for s in sents)
     with pytest.raises(MosareError, match="fold 3 does not exist"):
-        from mosare.preprocess.finetune_text import fold_split
+        from mosare.train.finetune_text import fold_split
 
         fold_split(pd.Series(["A", "B"] * 5, index=[f"p{i}" for i in range(10)]), None, ("A", "B"), "x", 3, 0, 3)
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from mosare.jobs import BusyError, GpuMemoryError, JobQueue
+from mosare.app.jobs import BusyError, GpuMemoryError, JobQueue
 
 
 def test_one_job_at_a_time_in_order():
@@ -44,7 +44,7 @@ def test_bounded_backlog_refuses_with_a_message():
 
 def test_out_of_memory_frees_and_the_next_job_succeeds(monkeypatch):
     freed = []
-    monkeypatch.setattr("mosare.jobs.free_accelerator_memory", lambda: freed.append(True))
+    monkeypatch.setattr("mosare.app.jobs.free_accelerator_memory", lambda: freed.append(True))
     q = JobQueue()
     held = []
 

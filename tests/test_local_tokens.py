@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mosare.errors import MosareError
-from mosare.preprocess.local_tokens import fit_prototypes, gmm_local_tokens
+from mosare.data.local_tokens import fit_prototypes, gmm_local_tokens
 
 
 def _clustered(rng: np.random.Generator, n: int, centers: np.ndarray, noise: float = 0.1) -> np.ndarray:

@@ -160,7 +160,7 @@ def test_prototype_memory_moves_towards_class_features():
 
 @pytest.mark.parametrize("name", ["mosare-no-moe", "mosare-no-cma", "mosare-no-align", "mosare-no-recon"])
 def test_ablations_switch_their_component_off_and_round_trip(name, tmp_path):
-    from mosare.io.checkpoint import load_checkpoint, save_checkpoint
+    from mosare.model.checkpoint import load_checkpoint, save_checkpoint
     from mosare.model.registry import build_model
 
     cfg = ModelConfig(hidden=16, wsi_dim=8, rna_dim=12, rpt_dim=6)
@@ -182,7 +182,7 @@ def test_predict_many_equals_separate_predictions(tmp_path):
     """The dashboard scores a case and its leave-one-modality-out variants in one batch: same numbers."""
     import numpy as np
 
-    from mosare.demo import MODEL_PATH
+    from mosare.app.demo import MODEL_PATH
     from mosare.inference import Case, Predictor
 
     pred = Predictor(MODEL_PATH)

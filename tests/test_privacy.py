@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mosare.cli import main
-from mosare.demo import MODEL_PATH
+from mosare.app.demo import MODEL_PATH
 from tests.conftest import REPO_ROOT
 
 # Distinctive words that appear nowhere else: if they show up in a log or a file name, report text leaked.
@@ -59,9 +59,9 @@ def test_cli_predict_and_its_errors_keep_the_report_out_of_logs(tmp_path, debug_
     out = capsys.readouterr()
     _assert_clean(out.out + out.err, "CLI output")
     _assert_clean(debug_log.read_text(encoding="utf-8"), "the log")
-    from mosare.preprocess.reports import default_cache_dir
+    from mosare.text.embed import embedding_cache_dir
 
-    cache = default_cache_dir()
+    cache = embedding_cache_dir()
     if cache.exists():
         _assert_names_clean(cache)
 

@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from helpers import rna_cohort
-from mosare.cohort import Cohort
+from mosare.data.cohort import Cohort
 from mosare.config import ExperimentConfig, ModelConfig, TrainConfig
 from mosare.model.registry import build_model
 from mosare.train.data import fit_fold_features
@@ -137,7 +137,7 @@ def test_mosare_paper_is_the_faithful_architecture_and_old_checkpoints_still_loa
     from dataclasses import replace
 
     from helpers import random_batch
-    from mosare.io.checkpoint import LEGACY_DEFAULTS, load_checkpoint, save_checkpoint
+    from mosare.model.checkpoint import LEGACY_DEFAULTS, load_checkpoint, save_checkpoint
 
     cfg = ModelConfig(modalities=("rna", "rpt"), rna_dim=12, rpt_dim=6, hidden=16, gene_token_dim=4)
     paper = build_model("mosare-paper", cfg)
@@ -184,7 +184,7 @@ def experiment_fold_features(cohort: Cohort, cfg: ExperimentConfig, k: int):
 
 def test_report_encoder_stays_bounded_when_few_training_reports_remain():
     """50 % masking can leave fewer training reports than SVD components: unseen reports must not blow up."""
-    from mosare.preprocess.text_encoder import Z_CLIP, TfidfSvdEncoder
+    from mosare.text.tfidf import Z_CLIP, TfidfSvdEncoder
 
     cohort = _report_cohort(n=24)
     enc = TfidfSvdEncoder.fit(cohort.rpt_texts[:12], dim=256, seed=0)

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from helpers import rna_cohort  # noqa: E402
 from mosare.config import ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
 from mosare.errors import MosareError  # noqa: E402
-from mosare.jobs import BusyError, GpuMemoryError, make_job_queue  # noqa: E402
+from mosare.app.jobs import BusyError, GpuMemoryError, make_job_queue  # noqa: E402
 
 ray = pytest.importorskip("ray")
 
@@ -122,7 +122,7 @@ def test_grid_on_a_two_worker_ray_cluster_equals_the_serial_run(ray_address, tmp
 @pytest.mark.slow  # ~40 s: a driver process killed mid-grid, the resumed grid, the serial reference
 def test_ray_driver_killed_mid_grid_resumes_to_the_same_metrics(ray_address, tmp_path: Path, capsys) -> None:
     from mosare.cli import main
-    from mosare.preprocess.synthetic import write_demo_cohort
+    from mosare.synthetic.cohort import write_demo_cohort
 
     write_demo_cohort(tmp_path / "cohort", n_cases=40, seed=2, slides=False)
     args = ["experiment", "--rna", str(tmp_path / "cohort" / "rna.csv.gz"), "--label-column", "label",
@@ -189,7 +189,7 @@ def test_ray_backend_refuses_bad_requests_in_one_line(tmp_path: Path, capsys, mo
     monkeypatch.setitem(sys.modules, "ray", None)
     monkeypatch.delitem(sys.modules, "mosare.train.ray_backend", raising=False)
     monkeypatch.delattr(mosare.train, "ray_backend", raising=False)
-    monkeypatch.delitem(sys.modules, "mosare.ray_jobs", raising=False)
+    monkeypatch.delitem(sys.modules, "mosare.app.ray_jobs", raising=False)
     assert _exit_code([*base, "--backend", "ray"]) == 2
     assert "needs the ray package" in capsys.readouterr().err
     monkeypatch.setenv("MOSARE_RAY_ADDRESS", "127.0.0.1:9")
@@ -224,8 +224,8 @@ def test_dashboard_jobs_on_a_ray_actor(ray_address, tmp_path: Path, monkeypatch)
     """Two sessions' jobs on one actor each get their own result; a full queue says "server busy"; an
     out-of-memory job is reported and the next succeeds; the model stays loaded in the actor."""
     from mosare.inference import Case, Predictor
-    from mosare.ray_jobs import RayJobQueue
-    from mosare.workbench import analyse
+    from mosare.app.ray_jobs import RayJobQueue
+    from mosare.app.workbench import analyse
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actor cannot import this test module
     monkeypatch.setenv("MOSARE_RAY_ADDRESS", ray_address)
@@ -280,10 +280,10 @@ def test_dashboard_jobs_on_a_ray_actor(ray_address, tmp_path: Path, monkeypatch)
 def test_slide_encoding_job_on_a_ray_actor(ray_address, demo_cache: Path, tmp_path: Path) -> None:
     """load_case with a slide on the actor: decoded in the isolated child there, progress relayed here, the
     same features as on this machine."""
-    from mosare.demo import MODEL_PATH, ensure_demo_cases
+    from mosare.app.demo import MODEL_PATH, ensure_demo_cases
     from mosare.inference import Predictor
-    from mosare.ray_jobs import RayJobQueue
-    from mosare.workbench import load_case
+    from mosare.app.ray_jobs import RayJobQueue
+    from mosare.app.workbench import load_case
 
     case = next(c for c in ensure_demo_cases(demo_cache) if c.slide_path)
     predictor = Predictor(MODEL_PATH)

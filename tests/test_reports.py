@@ -13,16 +13,11 @@ import pandas as pd
 import pytest
 
 from mosare.errors import MosareError
-from mosare.preprocess.leak_audit import LeakAudit, flag_reason, leak_audit
-from mosare.preprocess.reports import (
-    PLACEHOLDER,
-    ReportEmbedder,
-    ScrubResult,
-    scrub,
-    split_sentences,
-    vocabulary_for,
-)
-from mosare.preprocess.scrub import ICDO_CODE
+from mosare.text.leak_audit import LeakAudit, flag_reason, leak_audit
+from mosare.text.embed import ReportEmbedder
+from mosare.text.scrub import PLACEHOLDER, ScrubResult, scrub, vocabulary_for
+from mosare.text.sentences import split_sentences
+from mosare.text.scrub import ICDO_CODE
 
 LEAK = re.compile(r"ductal|lobular|\bIDC\b|\bILC\b", re.IGNORECASE)
 BRCA = vocabulary_for(["IDC", "ILC"])

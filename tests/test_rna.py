@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mosare.errors import InputError
-from mosare.preprocess.rna import (
+from mosare.data.rna import (
     DEFAULT_PATHWAYS,
     clean_gene_id,
     load_pathways,
@@ -159,7 +159,7 @@ def test_suffix_duplicates_and_nan(tmp_path: Path) -> None:
 
 def test_demo_cohort_table(tmp_path: Path) -> None:
     """Made-up gene names (no known symbols): the id column's name decides the orientation."""
-    from mosare.preprocess.synthetic import write_demo_cohort
+    from mosare.synthetic.cohort import write_demo_cohort
 
     write_demo_cohort(tmp_path, n_cases=20, seed=0, slides=False)
     df = read_expression(tmp_path / "rna.csv.gz")

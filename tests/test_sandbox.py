@@ -8,7 +8,7 @@ import time
 import pytest
 
 from mosare.errors import InputError
-from mosare.io.sandbox import GIB, Limits, run_isolated
+from mosare.app.sandbox import GIB, Limits, run_isolated
 from tests.conftest import require_data
 from tests import sandbox_jobs as jobs
 
@@ -44,7 +44,7 @@ def test_an_exception_is_one_line():
 
 
 def test_real_slides_decode_in_isolation_and_originals_are_untouched(tmp_path):
-    from mosare.workbench import slide_features
+    from mosare.app.workbench import slide_features
 
     good = require_data("slides/cmu-1-small-region.svs")
     before = hashlib.sha256(good.read_bytes()).hexdigest()

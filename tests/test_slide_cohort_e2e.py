@@ -10,7 +10,7 @@ from mosare.cli import main
 
 @pytest.mark.slow  # ~40 s: extraction of real TIFF slides then a 3-modality experiment (CI runs it in make test-slow)
 def test_extract_then_experiment_on_synthetic_slides(tmp_path):
-    from mosare.preprocess.synthetic import write_demo_cohort
+    from mosare.synthetic.cohort import write_demo_cohort
 
     cohort = tmp_path / "cohort"
     write_demo_cohort(cohort, n_cases=20, seed=1, slides=True)

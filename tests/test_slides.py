@@ -15,7 +15,7 @@ from conftest import require_data
 from mosare.errors import InputError
 from mosare.io import slides as slides_module
 from mosare.io.slides import open_slide
-from mosare.preprocess.tissue import (
+from mosare.slides.tissue import (
     MissingMppWarning,
     TileGrid,
     otsu_threshold,

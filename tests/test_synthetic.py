@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from mosare.io.features import read_features
-from mosare.preprocess.synthetic import SIGNAL_SENTENCES, write_demo_cohort
-from mosare.preprocess.synthetic_slide import SLIDE_MPP, SLIDE_SIZE, SLIDE_TILE
+from mosare.synthetic.cohort import SIGNAL_SENTENCES, write_demo_cohort
+from mosare.synthetic.slide import SLIDE_MPP, SLIDE_SIZE, SLIDE_TILE
 
 
 @pytest.fixture(scope="module")

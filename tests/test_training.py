@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mosare.cohort import Cohort
+from mosare.data.cohort import Cohort
 from mosare.config import ExperimentConfig, ModelConfig, TrainConfig
 from helpers import rna_cohort
 from mosare.train.data import fit_fold_features
@@ -128,7 +128,7 @@ def test_experiment_selection_ignores_test_labels_and_writes_outputs(tmp_path, m
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):
     from mosare.errors import CheckpointError
-    from mosare.io.checkpoint import load_checkpoint, save_checkpoint
+    from mosare.model.checkpoint import load_checkpoint, save_checkpoint
     from mosare.model.mosare import MoSARe
 
     cfg = ModelConfig(modalities=("rna",), rna_dim=20, hidden=16, gene_token_dim=4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from mosare.workbench import MODALITY_NAMES
+from mosare.app.workbench import MODALITY_NAMES
 
 _COLOURS = {"present": "green", "missing": "gray", "switched off": "orange", "not used by model": "gray"}
 _ICONS = {"present": ":material/check_circle:", "missing": ":material/block:", "switched off": ":material/toggle_off:",

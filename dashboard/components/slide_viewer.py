@@ -15,7 +15,7 @@ import streamlit as st
 from mosare.explain import heatmap
 from mosare.explain.attribution import DIVERGING_CMAP, CaseAttribution, signed01
 from mosare.inference import Prediction
-from mosare.workbench import SlideView, read_tile_region, read_tiles
+from mosare.app.workbench import SlideView, read_tile_region, read_tiles
 
 SCORES = {
     "ABMIL patch attention": "how much each tile weighs in the slide's attention pooling",

@@ -8,10 +8,10 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard import resources
-from mosare import demo_brca
+from mosare.app import demo_brca
 from mosare.errors import MosareError
-from mosare.preprocess.encoders import get_encoder
-from mosare.workbench import MODALITY_NAMES, encoder_for
+from mosare.slides.encoders import get_encoder
+from mosare.app.workbench import MODALITY_NAMES, encoder_for
 
 st.title("About / model card")
 path = Path(st.session_state.get("model_path", str(demo_brca.MODEL_PATH)))

@@ -12,11 +12,12 @@ from dashboard import resources, state
 from dashboard.components.badges import modality_badges
 from dashboard.components.jobs import run_queued
 from dashboard.settings import Settings
-from mosare import MODALITIES, demo_brca
-from mosare.demo import MODEL_PATH
+from mosare import MODALITIES
+from mosare.app import demo_brca
+from mosare.app.demo import MODEL_PATH
 from mosare.errors import MosareError
 from mosare.io.tables import decode_text
-from mosare.workbench import MODALITY_NAMES, analyse, load_case, modality_status, store_upload
+from mosare.app.workbench import MODALITY_NAMES, analyse, load_case, modality_status, store_upload
 
 SLIDE_TYPES = ["svs", "tif", "tiff", "ndpi", "scn", "svslide", "bif", "vms", "vmu", "mrxs", "dcm", "png", "jpg", "jpeg", "h5", "pt"]
 settings = Settings.from_env()

@@ -9,7 +9,7 @@ from dashboard import resources, state
 from dashboard.components.attribution import (ATTENTION_COLOUR, ATTENTION_TITLE, ATTRIBUTION_TITLE, case_attribution,
                                               legend)
 from mosare.explain.rna import bar_figure, gene_attention, pathway_attention, signed_bar_figure
-from mosare.preprocess.rna import load_pathways
+from mosare.data.rna import load_pathways
 
 st.title("RNA")
 cs = state.get()

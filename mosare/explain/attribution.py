@@ -32,7 +32,7 @@ import torch
 
 from mosare import MODALITIES
 from mosare.inference import Case, Predictor
-from mosare.preprocess.local_tokens import gmm_local_tokens
+from mosare.data.local_tokens import gmm_local_tokens
 from mosare.types import Batch
 
 IG_STEPS = 64  # gradient evaluations in 2-node Gauss–Legendre panels (see bench/faithfulness.py for the gaps)
@@ -152,7 +152,7 @@ def _report_globals(predictor: Predictor, case: Case, drops: Sequence[Sequence[i
     if predictor.text_encoder is not None:
         return predictor.text_encoder.encode_reports([remaining_report_text(case.sentences, d) for d in drops])
     if embedder is None:
-        from mosare.preprocess.reports import ReportEmbedder
+        from mosare.text.embed import ReportEmbedder
 
         embedder = ReportEmbedder()
     # the sentence model's global vector: token-weighted mean of consecutive-sentence chunks (as
@@ -306,7 +306,7 @@ def attribute(predictor: Predictor, case: Case, use: np.ndarray | None = None,
               modalities: Sequence[str] | None = None, *, embedder=None, steps: int = IG_STEPS,
               top_tiles: int = TOP_TILES, on_progress: Callable[[int, int, float], None] | None = None
               ) -> CaseAttribution:
-    """Attribution of the case's prediction under the selection ``use`` (as :func:`mosare.workbench.analyse`):
+    """Attribution of the case's prediction under the selection ``use`` (as :func:`mosare.app.workbench.analyse`):
     one :class:`ModalityAttribution` per requested modality (default: every used one) that the case has.
 
     ``embedder``: the sentence model, for a checkpoint without a fitted report encoder. ``on_progress(done,

@@ -117,7 +117,7 @@ def _escape_lines(text: str) -> str:
 
 def struck_html(text: str, removed: list[tuple[int, int]]) -> str:
     """The original report, HTML-escaped with newlines as ``<br>``, and each removed ``(start, end)`` span
-    of it (as returned by ``mosare.preprocess.reports.scrub``) wrapped in ``<del class="mosare-scrubbed">``.
+    of it (as returned by ``mosare.text.embed.scrub``) wrapped in ``<del class="mosare-scrubbed">``.
 
     Overlapping or touching spans are merged; spans are clipped to the text.
     """

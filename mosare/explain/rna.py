@@ -39,7 +39,7 @@ def pathway_attention(
     model genes ``G = len(gene_scores)``: 1.0 means the pathway got exactly the uniform share ``1/G`` per gene.
     Columns ``pathway, score, n_genes`` (matched genes), highest score first; pathways with fewer than
     ``min_genes`` matched genes are dropped. A gene listed twice in ``gene_scores`` counts with its summed
-    attention. Pathway lists come from ``mosare.preprocess.rna.load_pathways()``.
+    attention. Pathway lists come from ``mosare.data.rna.load_pathways()``.
     """
     n_model = len(gene_scores)
     scores = gene_scores.astype(np.float64).groupby(level=0, sort=False).sum()

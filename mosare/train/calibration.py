@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from mosare.cohort import Cohort
+from mosare.data.cohort import Cohort
 from mosare.errors import MosareError
 from mosare.train.metrics import choose_threshold, predict_labels
 

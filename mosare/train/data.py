@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mosare.cohort import Cohort
-from mosare.preprocess.local_tokens import fit_prototypes, gmm_local_tokens
-from mosare.preprocess.text_encoder import TfidfSvdEncoder
+from mosare.data.cohort import Cohort
+from mosare.data.local_tokens import fit_prototypes, gmm_local_tokens
+from mosare.text.tfidf import TfidfSvdEncoder
 from mosare.types import Batch
 
 

@@ -38,16 +38,17 @@ import torch
 from tqdm.auto import tqdm
 
 from mosare import MODALITIES
-from mosare.cohort import Cohort
+from mosare.data.cohort import Cohort
 from mosare.config import ExperimentConfig, ModelConfig, to_dict
 from mosare.errors import MosareError
 from mosare.io.atomic import atomic_write_text
-from mosare.io.checkpoint import save_checkpoint
+from mosare.model.checkpoint import save_checkpoint
 from mosare.model.registry import applicability, build_model
-from mosare.preprocess.leak_audit import leak_audit
+from mosare.text.leak_audit import leak_audit
 from mosare.train.data import FoldFeatures, fit_fold_features
 from mosare.train.calibration import fit_calibration, prediction_rows
-from mosare.train.loop import fit, predict_embeddings, predict_probs, refit, resolve_device
+from mosare.train.loop import fit, predict_embeddings, predict_probs, refit
+from mosare.types import resolve_device
 from mosare.train.metrics import classification_metrics, subset_aucs
 from mosare.train.resume import (RESULT_FORMAT, checkpoint_stem, code_fingerprint, cohort_fingerprint, drop_result,
                                  load_result, run_fingerprint, write_result)

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mosare.cohort import Cohort
+from mosare.data.cohort import Cohort
 from mosare.config import TrainConfig
-from mosare.errors import MosareError
 from mosare.model.base import SubtypingModel
 from mosare.train.data import FoldFeatures, make_batch
 from mosare.train.calibration import calibrated_nll
@@ -28,12 +27,6 @@ from mosare.train.metrics import auc
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MosareError("--device cuda requested but no CUDA GPU is available (use --device auto or cpu)")
-    return torch.device(name)
 
 
 @dataclass

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mosare.cohort import Cohort
+from mosare.data.cohort import Cohort
 from mosare.errors import CheckpointError
 from mosare.io.atomic import atomic_write_text
-from mosare.io.checkpoint import read_checkpoint_meta
+from mosare.model.checkpoint import read_checkpoint_meta
 
 log = logging.getLogger(__name__)
 RESULT_FORMAT = "mosare-run-result/3"

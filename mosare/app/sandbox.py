@@ -33,7 +33,7 @@ class Limits:
 
 
 # Modules the fork server imports once, so that each job starts in milliseconds instead of re-importing torch.
-PRELOAD = ("torch", "mosare.workbench", "mosare.preprocess.extract")
+PRELOAD = ("torch", "mosare.app.workbench", "mosare.slides.extract")
 
 
 @functools.lru_cache(maxsize=1)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from mosare.errors import MosareError
 from mosare.io.atomic import atomic_write_text
-from mosare.preprocess.scrub import PLACEHOLDER
+from mosare.text.scrub import PLACEHOLDER
 
 # A feature token of ICD-O code shape, as the TF-IDF tokenizer leaves it: "8520/3" -> "8520", "85203",
 # "M-85003" -> "85003", "M8500/3" -> "m8500".

@@ -6,7 +6,7 @@ when ``max_pending`` are waiting, and turns CUDA out-of-memory into a one-line e
 so that the next job starts clean.
 
 :func:`make_job_queue` picks the queue: this one, or with ``MOSARE_RAY_ADDRESS`` set the same interface served by
-actors on a Ray cluster (:mod:`mosare.ray_jobs`).
+actors on a Ray cluster (:mod:`mosare.app.ray_jobs`).
 """
 
 from __future__ import annotations
@@ -110,12 +110,12 @@ class JobQueue:
 
 def make_job_queue(max_pending: int = 16, ray_address: str | None = None):
     """The dashboard's queue: a :class:`JobQueue` on this machine, or with ``ray_address`` (default
-    ``$MOSARE_RAY_ADDRESS``) a :class:`mosare.ray_jobs.RayJobQueue` (same interface) on that Ray cluster."""
+    ``$MOSARE_RAY_ADDRESS``) a :class:`mosare.app.ray_jobs.RayJobQueue` (same interface) on that Ray cluster."""
     address = ray_address if ray_address is not None else os.environ.get("MOSARE_RAY_ADDRESS", "").strip()
     if not address:
         return JobQueue(max_pending=max_pending)
     try:
-        from mosare.ray_jobs import RayJobQueue
+        from mosare.app.ray_jobs import RayJobQueue
     except ImportError as err:
         if err.name != "ray":
             raise

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from mosare.errors import InputError
-from mosare.io.tables import ENSEMBL as _ENSEMBL
-from mosare.io.tables import TableFormat, clean_gene_id, inspect_table
+from mosare.io.readers import ENSEMBL as _ENSEMBL
+from mosare.io.readers import clean_gene_id
+from mosare.io.tables import TableFormat, inspect_table
 
 PATHWAY_DIR = Path(__file__).resolve().parents[2] / "assets" / "pathways"
 DEFAULT_PATHWAYS = PATHWAY_DIR / "combine_signatures.csv"

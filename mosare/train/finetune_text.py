@@ -4,7 +4,7 @@ The paper fine-tunes its sentence transformer on the pathology reports. Done nai
 tuned on every report has seen the test patients' texts with their labels. Here the tuning is per fold:
 
 1. The folds are the experiment's: ``patient_folds`` over the same patients, labelled by the same rule as
-   :func:`mosare.cohort.build_cohort` (labels from ``--rna`` first, then ``--reports``; sorted patient ids),
+   :func:`mosare.data.cohort.build_cohort` (labels from ``--rna`` first, then ``--reports``; sorted patient ids),
    and the same validation split of the training fold (``train_val_split(train_all, labels, 0.2, seed + k)``).
    So fold K here has the test patients of fold K in ``mosare experiment`` given the same ``--rna`` /
    ``--reports`` / ``--classes`` / ``--folds`` / ``--seed`` (and no ``--complete-only``, which drops patients).
@@ -39,12 +39,12 @@ import numpy as np
 
 from mosare.errors import InputError, MosareError
 from mosare.io.atomic import atomic_write_text
+from mosare.text.sentence_data import labelled_sentences, mean_sentence_embeddings, report_sentences, separability_auc
 
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "mosare-finetune.json"
 VAL_FRACTION = 0.2  # TrainConfig.val_fraction: the experiment's validation split of the training fold
-MIN_WORDS = 3  # shorter "sentences" (page numbers, stray headings) are not training examples
 LEARNING_RATE = 2e-5
 TRIPLET_MARGIN = 0.25  # on cosine distance (1 - cos) of L2-normalised embeddings
 
@@ -102,7 +102,7 @@ def fold_split(reports_labels, rna_labels, classes: Sequence[str], label_column:
         reports_labels: the reports table's label Series (index patient_id).
         rna_labels: the RNA table's label Series, or None; it takes precedence, as in ``build_cohort``.
     """
-    from mosare.cohort import select_labels
+    from mosare.data.cohort import select_labels
     from mosare.train.splits import patient_folds, train_val_split
 
     classes = tuple(classes)
@@ -124,91 +124,6 @@ def fold_split(reports_labels, rna_labels, classes: Sequence[str], label_column:
 def ids_sha256(ids: Sequence[str]) -> str:
     """SHA-256 of the sorted patient ids joined by newlines: identifies a fold without listing patients."""
     return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Training data
-# ---------------------------------------------------------------------------------------------------------
-
-def labelled_sentences(texts: dict[str, str], labels: dict[str, int], max_per_report: int, seed: int,
-                       drop_shared: bool = True) -> tuple[list[str], list[int]]:
-    """(sentence, class) pairs from already-scrubbed reports.
-
-    Each report gives its distinct sentences of at least ``MIN_WORDS`` words, at most ``max_per_report`` of
-    them (a seeded random sample). With ``drop_shared``, a sentence found in reports of more than one class
-    (template text such as "Specimen received in formalin") is left out: it has no single label.
-    """
-    from mosare.preprocess.reports import split_sentences
-
-    per_report: dict[str, list[str]] = {}
-    classes_of: dict[str, set[int]] = {}
-    for pid in sorted(texts):
-        sents = [s for s in dict.fromkeys(split_sentences(texts[pid]))
-                 if sum(any(ch.isalpha() for ch in w) for w in s.split()) >= MIN_WORDS]
-        per_report[pid] = sents
-        for s in sents:
-            classes_of.setdefault(s, set()).add(labels[pid])
-    rng = np.random.default_rng(seed)
-    out_s: list[str] = []
-    out_y: list[int] = []
-    for pid, sents in per_report.items():
-        if drop_shared:
-            sents = [s for s in sents if len(classes_of[s]) == 1]
-        if len(sents) > max_per_report:
-            sents = [sents[i] for i in sorted(rng.choice(len(sents), max_per_report, replace=False))]
-        out_s.extend(sents)
-        out_y.extend([labels[pid]] * len(sents))
-    return out_s, out_y
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Separability figure
-# ---------------------------------------------------------------------------------------------------------
-
-def report_sentences(texts: Sequence[str], max_per_report: int, seed: int) -> list[list[str]]:
-    """Per scrubbed report, its distinct sentences, at most ``max_per_report`` (a seeded random sample, the
-    same for every model compared)."""
-    from mosare.preprocess.reports import split_sentences
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for t in texts:
-        sents = list(dict.fromkeys(split_sentences(t))) or [t.strip()]
-        if len(sents) > max_per_report:
-            sents = [sents[i] for i in sorted(rng.choice(len(sents), max_per_report, replace=False))]
-        out.append(sents)
-    return out
-
-
-def mean_sentence_embeddings(model, per_report: Sequence[Sequence[str]], batch_size: int = 64,
-                             progress: bool = False) -> np.ndarray:
-    """[N, D]: per report, the mean of its L2-normalised sentence embeddings (``model``: a SentenceTransformer).
-    Each distinct sentence is embedded once, longest first (less padding)."""
-    uniq = list(dict.fromkeys(s for sents in per_report for s in sents))
-    order = sorted(range(len(uniq)), key=lambda i: -len(uniq[i]))
-    emb = np.asarray(model.encode([uniq[i] for i in order], batch_size=batch_size, convert_to_numpy=True,
-                                  normalize_embeddings=True, show_progress_bar=progress), dtype=np.float64)
-    row = {uniq[i]: emb[j] for j, i in enumerate(order)}
-    return np.stack([np.mean([row[s] for s in sents], axis=0) for sents in per_report])
-
-
-def separability_auc(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-                     n_classes: int) -> float | None:
-    """ROC AUC (one-vs-rest macro for more than two classes) on the validation rows of a logistic
-    regression fitted on the training rows; None when either side lacks a class."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    if len(np.unique(y_train)) < n_classes or len(np.unique(y_val)) < n_classes:
-        return None
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000, class_weight="balanced"))
-    clf.fit(x_train, y_train)
-    p = clf.predict_proba(x_val)
-    if n_classes == 2:
-        return float(roc_auc_score(y_val, p[:, 1]))
-    return float(roc_auc_score(y_val, p, multi_class="ovr", average="macro", labels=list(range(n_classes))))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -306,7 +221,8 @@ def finetune_fold(texts, report_labels, rna_labels, *, out_dir: str | Path, clas
         report_labels / rna_labels: the label Series of the reports and RNA tables (RNA may be None).
         out_dir: the model goes to ``out_dir/fold<fold>/``.
     """
-    from mosare.preprocess.reports import ReportEmbedder, scrub, vocabulary_for
+    from mosare.text.embed import ReportEmbedder
+    from mosare.text.scrub import scrub, vocabulary_for
 
     _check_args(batch_size, max_sentences_per_report)
     start = time.perf_counter()
@@ -400,7 +316,7 @@ def run_finetune(reports: str | Path, out_dir: str | Path, *, classes: Sequence[
                  folds: Sequence[int] | None, n_folds: int = 5, rna: str | Path | None = None,
                  **kwargs) -> list[FinetuneResult]:
     """Read the tables and fine-tune one model per fold in ``folds`` (None: every fold)."""
-    from mosare.io.tables import read_reports_table, read_rna_table
+    from mosare.io.readers import read_reports_table, read_rna_table
 
     if len(tuple(classes)) < 2:
         raise MosareError("--classes needs at least two class names")
@@ -417,5 +333,3 @@ def run_finetune(reports: str | Path, out_dir: str | Path, *, classes: Sequence[
                           fold=k, n_folds=n_folds, **kwargs) for k in todo]
 
 
-__all__ = ["FinetuneResult", "FoldSplit", "finetune_fold", "fold_split", "ids_sha256", "labelled_sentences",
-           "mean_sentence_embeddings", "run_finetune", "separability_auc"]

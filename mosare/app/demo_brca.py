@@ -1,6 +1,6 @@
 """The real demo: MoSARe trained on TCGA-BRCA expression and pathology reports (IDC vs ILC), and its held-out patients.
 
-Two halves, as for the synthetic demo (:mod:`mosare.demo`):
+Two halves, as for the synthetic demo (:mod:`mosare.app.demo`):
 
 - :func:`build_brca_demo` (maintainers, ``make demo-assets-brca``, seconds): from a finished ``mosare experiment`` on
   the TCGA-BRCA tables (``bench/brca_results.sh`` runs it), copies the ``mosare`` checkpoint of one fold — trained
@@ -30,7 +30,7 @@ from mosare.errors import InputError, MosareError
 from mosare.inference import Predictor
 from mosare.io.atomic import atomic_write_text
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo-brca"
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "demo-brca"
 MODEL_PATH = ASSETS / "model" / "mosare.safetensors"
 LABEL_COLUMN = "oncotree_code"
 CLASSES = ("IDC", "ILC")

@@ -11,7 +11,7 @@ Two classes, ``A`` and ``B``, three modalities, each with a planted class signal
   pixels; patches inside one rectangular region are shifted along a fixed random direction, in
   opposite senses for the two classes.
 - ``slides/<patient_id>.tiff`` (unless ``slides=False``): a real, OpenSlide-readable H&E-like slide
-  (2048 × 2048 px at 0.5 µm/px, tiled JPEG pyramid, see :mod:`mosare.preprocess.synthetic_slide`) with
+  (2048 × 2048 px at 0.5 µm/px, tiled JPEG pyramid, see :mod:`mosare.synthetic.slide`) with
   one grid-aligned rectangle of class-specific morphology: cohesive glands (``A``) or single-file cords
   of dyscohesive cells (``B``). The slide is drawn independently of the feature file (its own tissue
   layout and region); it exists so that tiling, tissue detection, feature extraction and heatmaps can be
@@ -43,7 +43,7 @@ import pandas as pd
 
 from mosare.io.atomic import atomic_write_bytes, atomic_write_text
 from mosare.io.features import write_features_h5
-from mosare.preprocess import synthetic_slide
+from mosare.synthetic import slide as synthetic_slide
 
 CLASSES: tuple[str, str] = ("A", "B")
 N_GENES = 200

@@ -17,7 +17,7 @@ import numpy as np
 from mosare import MODALITIES
 from mosare.errors import InputError
 from mosare.inference import Case, Prediction, Predictor
-from mosare.io.sandbox import Limits
+from mosare.app.sandbox import Limits
 
 MODALITY_NAMES = {"wsi": "Slide", "rna": "RNA-seq", "rpt": "Report"}
 
@@ -162,7 +162,7 @@ def _decode_slide(slide_path: str, encoder: str, device: str, features_out: str,
 
     from mosare.io.atomic import atomic_write_bytes
     from mosare.io.slides import open_slide
-    from mosare.preprocess.extract import extract_slide, load_encoder
+    from mosare.slides.extract import extract_slide, load_encoder
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     enc = load_encoder(encoder, torch.device(device))
@@ -196,8 +196,8 @@ def slide_features(slide_path: str | Path, encoder: str, cache_dir: str | Path,
     import json
 
     from mosare.io.atomic import atomic_write_text
-    from mosare.io.sandbox import run_isolated
-    from mosare.train.loop import resolve_device
+    from mosare.app.sandbox import run_isolated
+    from mosare.types import resolve_device
 
     slide_path = Path(slide_path)
     if not slide_path.exists():
@@ -246,7 +246,7 @@ class LoadedCase:
 def encoder_for(predictor: Predictor) -> str:
     """The patch encoder a checkpoint's slide features came from: recorded in the checkpoint, else the
     registered encoder with the model's feature size."""
-    from mosare.preprocess.encoders import list_encoders
+    from mosare.slides.encoders import list_encoders
 
     name = predictor.meta.get("encoder")
     if name:
@@ -264,7 +264,7 @@ def load_case(predictor: Predictor, *, slide_path: str | Path | None = None, fea
     """Build a case from whatever files were given. A slide without features is tiled and encoded (cached by
     content hash); its thumbnail is kept for the heatmap. Raises :class:`InputError` naming the bad input."""
     from mosare.io.features import read_features
-    from mosare.preprocess.reports import scrub, vocabulary_for
+    from mosare.text.scrub import scrub, vocabulary_for
 
     notes: list[str] = []
     decoded = None

@@ -1,13 +1,13 @@
 """The dashboard's jobs (inference, attribution, slide encoding) on a Ray cluster: set ``MOSARE_RAY_ADDRESS``.
 
-:class:`RayJobQueue` has the interface of :class:`mosare.jobs.JobQueue` (``submit``, ``run``, ``pending``,
+:class:`RayJobQueue` has the interface of :class:`mosare.app.jobs.JobQueue` (``submit``, ``run``, ``pending``,
 ``max_pending``, ``shutdown``) and keeps its promises: at most ``max_pending`` jobs queued or running (then
-:class:`~mosare.jobs.BusyError`, "the server is busy"), a job that runs out of GPU memory is stopped, its memory
-freed and :class:`~mosare.jobs.GpuMemoryError` raised, and the next job runs normally.
+:class:`~mosare.app.jobs.BusyError`, "the server is busy"), a job that runs out of GPU memory is stopped, its memory
+freed and :class:`~mosare.app.jobs.GpuMemoryError` raised, and the next job runs normally.
 
 The jobs run on :class:`JobActor` s, one per GPU of the cluster (one on a CPU-only cluster), each running one job
 at a time and keeping what jobs need loaded: a :class:`~mosare.inference.Predictor` or
-:class:`~mosare.preprocess.reports.ReportEmbedder` passed to ``submit`` travels as a reference (checkpoint path,
+:class:`~mosare.text.embed.ReportEmbedder` passed to ``submit`` travels as a reference (checkpoint path,
 model folder) and the actor uses its own copy, loaded on its first job and kept (least recently used first out)
 for the next. Paths (checkpoints, slides, the cache folder) must therefore mean the same on the dashboard's host
 and the cluster's nodes (a shared filesystem). ``on_progress`` callbacks are polled from the actor and called
@@ -33,9 +33,9 @@ import torch
 
 from mosare.errors import MosareError
 from mosare.inference import Predictor
-from mosare.jobs import OOM_MESSAGE, BusyError, GpuMemoryError, free_accelerator_memory, is_out_of_memory
-from mosare.preprocess.reports import ReportEmbedder
-from mosare.ray_cluster import connect, one_line
+from mosare.app.jobs import OOM_MESSAGE, BusyError, GpuMemoryError, free_accelerator_memory, is_out_of_memory
+from mosare.text.embed import ReportEmbedder
+from mosare.train.ray_cluster import connect, one_line
 
 T = TypeVar("T")
 MAX_MODELS = 4  # checkpoints an actor keeps loaded
@@ -78,7 +78,7 @@ class JobActor:
     """Runs jobs one at a time (the default concurrency group); ``progress`` and ``info`` answer meanwhile."""
 
     def __init__(self, threads: int = 1) -> None:
-        from mosare.train.loop import resolve_device
+        from mosare.types import resolve_device
 
         torch.set_num_threads(max(1, threads))
         self.device = resolve_device("auto")  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
@@ -132,7 +132,7 @@ class JobActor:
 
 
 class RayJobQueue:
-    """:class:`mosare.jobs.JobQueue`'s interface, served by :class:`JobActor` s on the Ray cluster at ``address``.
+    """:class:`mosare.app.jobs.JobQueue`'s interface, served by :class:`JobActor` s on the Ray cluster at ``address``.
 
     ``actors``: default one per GPU of the cluster (one on a CPU-only cluster); ``cpus_per_actor`` (default
     ``$MOSARE_RAY_ACTOR_CPUS`` or 1) CPUs and torch threads each. A job goes to the actor with the fewest."""

@@ -18,10 +18,12 @@ import pandas as pd
 from mosare import MODALITIES
 from mosare.errors import InputError
 from mosare.io.features import read_features
-from mosare.io.tables import read_reports_table, read_rna_table, read_slides_table
-from mosare.preprocess.reports import ReportEmbedder, scrub, split_sentences, vocabulary_for
-from mosare.preprocess.text_encoder import DEFAULT_DIM as TFIDF_DIM
-from mosare.preprocess.text_encoder import TEXT_ENCODERS
+from mosare.io.readers import read_reports_table, read_rna_table, read_slides_table
+from mosare.text.embed import ReportEmbedder
+from mosare.text.scrub import scrub, vocabulary_for
+from mosare.text.sentences import split_sentences
+from mosare.text.tfidf import DEFAULT_DIM as TFIDF_DIM
+from mosare.text.tfidf import TEXT_ENCODERS
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Joining a Ray cluster, for the experiment grid (:mod:`mosare.train.ray_backend`) and the dashboard's jobs
-(:mod:`mosare.ray_jobs`). Ray is optional: this module imports it and is itself imported only when Ray is used."""
+(:mod:`mosare.app.ray_jobs`). Ray is optional: this module imports it and is itself imported only when Ray is used."""
 
 from __future__ import annotations
 

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mosare.config import cache_dir as cache_root
 from mosare.errors import MosareError
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "demo"
 MODEL_PATH = ASSETS / "model" / "mosare.safetensors"
 EXPERIMENT_DIR = ASSETS / "experiment"
 DEMO_SEED = 0
@@ -56,10 +57,6 @@ class DemoCase:
         return [m for m, v in (("wsi", self.slide_path), ("rna", self.rna_path), ("rpt", self.report_text)) if v]
 
 
-def default_cache_dir() -> Path:
-    """``$MOSARE_CACHE`` or ``~/.cache/mosare``."""
-    return Path(os.environ.get("MOSARE_CACHE", Path.home() / ".cache" / "mosare")).expanduser()
-
 
 def demo_meta(model_path: str | Path = MODEL_PATH) -> dict:
     """The demo checkpoint's JSON metadata (its ``demo`` entry holds the demo case ids and the cohort seed)."""
@@ -77,16 +74,16 @@ def ensure_demo_cases(cache_dir: str | Path | None = None, model_path: str | Pat
     """The demo cases, materialised once under ``<cache_dir>/demo-cases-v<N>-<seed>`` and reused afterwards."""
     demo = demo_meta(model_path)["demo"]
     ids: list[str] = list(demo["case_ids"])
-    root = Path(cache_dir or default_cache_dir()) / f"demo-cases-v{CASES_VERSION}-s{demo['seed']}-n{demo['n_cases']}"
+    root = Path(cache_dir or cache_root()) / f"demo-cases-v{CASES_VERSION}-s{demo['seed']}-n{demo['n_cases']}"
     if not (root / "done.json").is_file():
         _materialise(root, ids, int(demo["seed"]), int(demo["n_cases"]), demo["encoder"], progress)
     return load_demo_cases(root, ids)
 
 
 def _materialise(root: Path, ids: list[str], seed: int, n_cases: int, encoder: str, progress: Progress | None) -> None:
-    from mosare.preprocess.extract import extract_slide, load_encoder
-    from mosare.preprocess.synthetic import write_demo_cohort
-    from mosare.train.loop import resolve_device
+    from mosare.slides.extract import extract_slide, load_encoder
+    from mosare.synthetic.cohort import write_demo_cohort
+    from mosare.types import resolve_device
 
     say = progress or (lambda f, msg: None)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +126,7 @@ def load_demo_cases(root: str | Path, ids: list[str]) -> list[DemoCase]:
         text = str(reports.loc[pid, "text"]) if pid in reports.index else None
         planted = None
         if text is not None and g["planted_sentence_index"] is not None:
-            from mosare.preprocess.synthetic import SIGNAL_SENTENCES
+            from mosare.synthetic.cohort import SIGNAL_SENTENCES
 
             planted = next((s for s in SIGNAL_SENTENCES[g["label"]] if s in text), None)
         out.append(DemoCase(pid, g["label"], slide if slide.is_file() else None, feats if feats.is_file() else None,
@@ -143,12 +140,12 @@ def load_demo_cases(root: str | Path, ids: list[str]) -> list[DemoCase]:
 def build_demo_assets(work_dir: str | Path, out_dir: str | Path = ASSETS, *, epochs: int = 40, hidden: int = 64,
                       folds: int = 3, workers: int = 2, n_demo: int = 8, progress: bool = True) -> dict:
     """Build ``assets/demo/`` from scratch (see the module docstring). Returns a summary dict."""
-    from mosare.cohort import build_cohort
+    from mosare.data.cohort import build_cohort
     from mosare.config import ExperimentConfig
     from mosare.io.atomic import atomic_write_text
-    from mosare.preprocess.extract import run_extract
-    from mosare.preprocess.reports import ReportEmbedder
-    from mosare.preprocess.synthetic import write_demo_cohort
+    from mosare.slides.extract import run_extract
+    from mosare.text.embed import ReportEmbedder
+    from mosare.synthetic.cohort import write_demo_cohort
     from mosare.train.experiment import run_experiment
     from mosare.train.splits import patient_folds
 

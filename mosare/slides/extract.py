@@ -1,6 +1,6 @@
 """Patch-feature extraction: slide -> tissue tile grid -> encoder -> ``<out>/<slide>.h5`` (TRIDENT/CLAM layout).
 
-Pipeline per slide: :func:`mosare.preprocess.tissue.tile_slide` picks tissue tiles on a thumbnail; a DataLoader
+Pipeline per slide: :func:`mosare.slides.tissue.tile_slide` picks tissue tiles on a thumbnail; a DataLoader
 whose workers each open their own OpenSlide handle decodes raw ``uint8`` tiles; on the device the tiles are
 resized once (antialiased bilinear, straight to the encoder's input size), normalised and encoded in batches.
 Features are written atomically, so an interrupted run leaves no partial file and resumes where it stopped.
@@ -11,7 +11,6 @@ Distributed runs (``torchrun``) need no process group: each rank takes ``sorted(
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import sys
 import time
@@ -22,114 +21,28 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import openslide
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mosare.errors import InputError, MosareError
 from mosare.io.atomic import remove_stale_temps
 from mosare.io.features import write_features_h5
-from mosare.io.slides import Slide, open_slide
-from mosare.preprocess.encoders import Encoder, get_encoder
-from mosare.preprocess.tissue import MissingMppWarning, TileGrid, save_qc_thumbnail, tile_slide
+from mosare.io.slides import open_slide
+from mosare.slides.discovery import collect_slides, shard, slide_stem
+from mosare.slides.encoders import Encoder, get_encoder
+from mosare.slides.tiles import SLIDE_ERRORS, TileDataset, make_loader
+from mosare.slides.tissue import MissingMppWarning, TileGrid, save_qc_thumbnail, tile_slide
+from mosare.types import resolve_device
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
-                  ".png", ".jpg", ".jpeg")
 THUMB_MAX = 2048
-SLIDE_ERRORS = (MosareError, openslide.OpenSlideError, OSError, Image.DecompressionBombError)
-"""Failures that belong to one slide (unreadable file, decode error, no tissue): reported, not a traceback."""
-
-
-# ----------------------------------------------------------------------------------------------- loading
-
-
-class TileDataset(Dataset):
-    """The tiles of one slide's grid, decoded in the calling process (a DataLoader worker).
-
-    Item ``i``: ``(tile, error)`` with tile ``[3, read_size, read_size]`` uint8 RGB read at ``read_level``
-    from level-0 top-left ``coords[i]`` (a channels-last view), and error ``""`` or a one-line message
-    (then the tile is zeros). Errors travel as data because DataLoader re-raises worker exceptions with
-    a multi-line traceback. Each process opens its own :class:`Slide` lazily; a handle is never pickled.
-    """
-
-    def __init__(self, slide_path: str | Path, coords: np.ndarray, read_level: int, read_size: int) -> None:
-        self.slide_path = Path(slide_path)
-        self.coords = np.asarray(coords, dtype=np.int64)
-        self.read_level = int(read_level)
-        self.read_size = int(read_size)
-        self._slide: Slide | None = None
-        self._pid = -1
-
-    def __len__(self) -> int:
-        return len(self.coords)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_slide"], state["_pid"] = None, -1
-        return state
-
-    def _handle(self) -> Slide:
-        if self._slide is None or self._pid != os.getpid():
-            self._slide = open_slide(self.slide_path)  # a forked copy of a parent handle is never reused
-            self._pid = os.getpid()
-        return self._slide
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        x, y = (int(v) for v in self.coords[i])
-        try:
-            rgb = self._handle().read_region(x, y, self.read_level, (self.read_size, self.read_size))
-        except SLIDE_ERRORS as err:
-            return torch.zeros(3, self.read_size, self.read_size, dtype=torch.uint8), str(err) or type(err).__name__
-        if not rgb.flags.writeable:  # torch warns on read-only arrays; the copy is tiny next to the decode
-            rgb = rgb.copy()
-        return torch.from_numpy(rgb).permute(2, 0, 1), ""
-
-    def close(self) -> None:
-        if self._slide is not None and self._pid == os.getpid():
-            self._slide.close()
-        self._slide, self._pid = None, -1
-
-
-def collate_tiles(items: Sequence[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
-    """Stack tiles into ``[B, 3, s, s]`` uint8 (channels-last memory, no transposing copy) and list the errors."""
-    tiles = [t.permute(1, 2, 0) for t, _ in items]  # back to the [s, s, 3] storage order
-    out = torch.empty((len(tiles), *tiles[0].shape), dtype=torch.uint8)
-    if torch.utils.data.get_worker_info() is not None:
-        out.share_memory_()  # written once in shared memory instead of copied there when sent to the parent
-    dst = out.numpy()
-    for i, tile in enumerate(tiles):  # numpy copies: torch's would wake its thread pool for each small tile
-        dst[i] = tile.numpy()
-    return out.permute(0, 3, 1, 2), [e for _, e in items if e]
-
-
-def make_loader(dataset: TileDataset, *, batch_size: int, workers: int, device: torch.device,
-                prefetch_factor: int = 4) -> DataLoader:
-    """An in-order DataLoader over ``dataset``: ``workers`` decoding processes, pinned memory on CUDA."""
-    extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if workers > 0 else {}
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=collate_tiles, pin_memory=device.type == "cuda", **extra)
 
 
 # ----------------------------------------------------------------------------------------------- encoding
 
 
-def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
-    """``auto`` -> CUDA if available else CPU; on CUDA ``local_rank`` (or ``$LOCAL_RANK``) picks the GPU."""
-    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
-        raise MosareError(f"unknown device {name!r}; use auto, cpu or cuda")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise MosareError("--device cuda requested but no CUDA GPU is available (use --device auto or cpu)")
-    if name.startswith("cuda:"):
-        return torch.device(name)
-    if local_rank is None and os.environ.get("LOCAL_RANK", "").isdigit():
-        local_rank = int(os.environ["LOCAL_RANK"])
-    return torch.device("cuda", (local_rank or 0) % torch.cuda.device_count())
 
 
 @dataclass
@@ -222,11 +135,6 @@ def encode_tiles(loader: DataLoader, encoder: LoadedEncoder, *, name: str, progr
 # ----------------------------------------------------------------------------------------------- one slide
 
 
-def slide_stem(path: Path) -> str:
-    """Output name of a slide: the file stem (a DICOM folder: the folder name)."""
-    return path.name if path.is_dir() else path.stem
-
-
 def _feature_attrs(grid: TileGrid, encoder: LoadedEncoder, slide_name: str) -> dict:
     """TRIDENT / CLAM compatible attributes of one slide's feature file."""
     mag = None if grid.slide_mpp is None else round(10.0 / grid.slide_mpp, 4)
@@ -298,89 +206,6 @@ def extract_slide(path: str | Path, out_dir: str | Path, encoder: LoadedEncoder,
         dataset.close()
         del loader  # shuts persistent workers down now, not at garbage collection
     return write_features_h5(out_dir / f"{stem}.h5", feats, grid.coords, _feature_attrs(grid, encoder, path.name))
-
-
-# ----------------------------------------------------------------------------------------------- many slides
-
-
-def _is_slide_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in SLIDE_SUFFIXES and not path.name.startswith(".")
-
-
-def _scan_folder(root: Path) -> list[Path]:
-    """Slide files under ``root`` (recursive, hidden entries skipped). The ``.dcm`` files of one folder are
-    one DICOM slide: the folder itself (or, at ``root``, its first ``.dcm`` file)."""
-    found: list[Path] = []
-    dicom_dirs: set[Path] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        here = Path(dirpath)
-        for fname in sorted(filenames):
-            p = here / fname
-            if not _is_slide_file(p):
-                continue
-            if p.suffix.lower() == ".dcm":
-                if here not in dicom_dirs:
-                    dicom_dirs.add(here)
-                    found.append(p if here == root else here)
-            else:
-                found.append(p)
-    return found
-
-
-def _read_csv(csv_path: Path) -> list[Path]:
-    """``slide_path`` column of a CSV; relative paths are taken from the CSV's folder."""
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or "slide_path" not in reader.fieldnames:
-                raise InputError(f"{csv_path.name}: needs a 'slide_path' column "
-                                 f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
-            rows = [(r.get("slide_path") or "").strip() for r in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise InputError(f"{csv_path.name}: cannot read the slide table ({err})") from None
-    return [(csv_path.parent / Path(r).expanduser()) if not Path(r).expanduser().is_absolute() else Path(r)
-            for r in rows if r]
-
-
-def collect_slides(sources: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Sorted, de-duplicated slide paths from folders, ``slide_path`` CSVs and slide files.
-
-    Raises :class:`InputError` for a missing source, an empty result or two slides with the same output stem.
-    """
-    items = [sources] if isinstance(sources, (str, Path)) else list(sources)
-    slides: list[Path] = []
-    for item in map(Path, items):
-        if item.is_dir():
-            slides += _scan_folder(item)
-        elif item.suffix.lower() == ".csv" and item.is_file():
-            slides += _read_csv(item)
-        elif item.exists():
-            slides.append(item)
-        else:
-            raise InputError(f"{item}: no such slide folder, CSV or file")
-    slides = sorted(dict.fromkeys(slides))
-    if not slides:
-        raise InputError(f"no slides found in {', '.join(map(str, items))} (extensions: {' '.join(SLIDE_SUFFIXES)})")
-    stems: dict[str, Path] = {}
-    for p in slides:
-        other = stems.setdefault(slide_stem(p), p)
-        if other != p:
-            raise InputError(f"two slides would write {slide_stem(p)}.h5: {other} and {p}; rename one")
-    return slides
-
-
-def shard(slides: Sequence[Path], rank: int | None = None,
-          world_size: int | None = None) -> tuple[list[Path], int, int]:
-    """This rank's slides, ``sorted(slides)[rank::world_size]``; rank / world size default to ``$RANK`` /
-    ``$WORLD_SIZE`` (torchrun), else 0 / 1."""
-    if rank is None:
-        rank = int(os.environ.get("RANK", "0") or 0)
-    if world_size is None:
-        world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise MosareError(f"invalid rank {rank} for world size {world_size}")
-    return sorted(slides)[rank::world_size], rank, world_size
 
 
 def _storage_fits(ds: h5py.Dataset, file_size: int) -> bool:
