@@ -40,7 +40,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Run as `python bench/dashboard.py`, so sys.path[0] is bench/: put the repository root first on the path so that
-# the server and browser helpers shared with the browser tests import as tests.browser.
+# the server and browser helpers shared with the browser tests import as tests.browser_helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
@@ -52,8 +52,8 @@ from mosare.app.demo import MODEL_PATH, ensure_demo_cases  # noqa: E402
 from mosare.explain import heatmap  # noqa: E402
 from mosare.inference import Prediction, Predictor  # noqa: E402
 from mosare.app.workbench import MODALITY_NAMES, SlideView, analyse, load_case  # noqa: E402
-from tests.browser import CHROMIUM_ARGS, HEATMAP_PAINTED_JS, IDLE_JS, VIEWPORT, BrowserMissing, ServerError  # noqa: E402
-from tests.browser import StreamlitServer, find_chromium, wait_idle  # noqa: E402
+from tests.browser_helpers import CHROMIUM_ARGS, HEATMAP_PAINTED_JS, IDLE_JS, VIEWPORT, BrowserMissing, ServerError  # noqa: E402
+from tests.browser_helpers import StreamlitServer, find_chromium, wait_idle  # noqa: E402
 
 TARGET_S = 0.5
 POLL_MS = 50  # how often the page is checked while a step is timed

@@ -26,26 +26,21 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# run as `python bench/grid.py`: the repository root on the path, for the tests' synthetic cohorts (tests.helpers)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from mosare.data.cohort import Cohort  # noqa: E402
 from mosare.config import ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
 from mosare.train.experiment import run_experiment  # noqa: E402
+from tests import helpers  # noqa: E402  (the tests' synthetic cohorts)
 
 
 def rna_cohort(n: int, genes: int, seed: int = 0) -> Cohort:
     """Two classes, the first ten genes carrying a weak signal, every patient with RNA only."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    x = rng.normal(size=(n, genes)).astype(np.float32)
-    x[:, :10] += 0.6 * y[:, None]
-    present = np.zeros((n, 3), bool)
-    present[:, 1] = True
-    return Cohort(patient_ids=[f"P{i:04d}" for i in range(n)], labels=y.astype(np.int64), classes=("A", "B"),
-                  present=present, genes=[f"G{j}" for j in range(genes)], rna=x)
+    return helpers.rna_cohort(n, genes, seed, signal_genes=10, shift=0.6)
 
 
 def grid_config(args: argparse.Namespace, folds: int, device: str) -> ExperimentConfig:

@@ -34,10 +34,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Run as `python bench/sessions.py`, so sys.path[0] is bench/: put the repository root first on the path so that
-# the server and browser helpers shared with the browser tests import as tests.browser.
+# the server and browser helpers shared with the browser tests import as tests.browser_helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.browser import CHROMIUM_ARGS, VIEWPORT, BrowserMissing, ServerError, StreamlitServer, find_chromium, wait_idle  # noqa: E402
+from tests.browser_helpers import CHROMIUM_ARGS, VIEWPORT, BrowserMissing, ServerError, StreamlitServer, find_chromium, wait_idle  # noqa: E402
 
 TARGET_PCT = 10.0
 MIB = 1024 * 1024

@@ -8,6 +8,7 @@ A user's fresh clone has no such folder: tests that need it are skipped there, b
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# tests/ mirrors the package (tests/model, tests/train, ...); their shared helpers (helpers.py) live here
+sys.path.append(str(Path(__file__).resolve().parent))
 
 
 def _on_ci() -> bool:
@@ -71,7 +74,7 @@ def demo_cache(tmp_path_factory) -> Path:
 def chromium() -> str:
     """Path of the Chromium binary for the browser tests (skips, or fails on CI, when it or playwright is
     missing: the CI image installs both)."""
-    from tests.browser import BrowserMissing, find_chromium
+    from tests.browser_helpers import BrowserMissing, find_chromium
 
     try:
         return find_chromium()
@@ -82,10 +85,10 @@ def chromium() -> str:
 @pytest.fixture
 def start_streamlit(tmp_path):
     """Starts dashboard servers for a browser test: ``start_streamlit(cache, default_model="")`` returns a healthy
-    :class:`tests.browser.StreamlitServer` (``MOSARE_CACHE=cache``, log ``tmp_path/streamlit.log``, no model
+    :class:`tests.browser_helpers.StreamlitServer` (``MOSARE_CACHE=cache``, log ``tmp_path/streamlit.log``, no model
     folders but the shipped ones, no file watcher), or fails the test with the server log's tail. Every server it
     started is stopped after the test."""
-    from tests.browser import ServerError, StreamlitServer
+    from tests.browser_helpers import ServerError, StreamlitServer
 
     servers: list[StreamlitServer] = []
 

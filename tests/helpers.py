@@ -71,12 +71,12 @@ def random_batch(
     return batch.with_present(present)
 
 
-def rna_cohort(n: int = 90, genes: int = 20, seed: int = 0) -> Cohort:
-    """An RNA-only two-class cohort whose first three genes carry the class signal."""
+def rna_cohort(n: int = 90, genes: int = 20, seed: int = 0, signal_genes: int = 3, shift: float = 1.2) -> Cohort:
+    """An RNA-only two-class cohort whose first ``signal_genes`` genes are shifted by ``shift`` in class B."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 2
     x = rng.normal(size=(n, genes)).astype(np.float32)
-    x[:, :3] += 1.2 * y[:, None]
+    x[:, :signal_genes] += shift * y[:, None]
     present = np.zeros((n, 3), bool)
     present[:, 1] = True
     return Cohort(patient_ids=[f"P{i:03d}" for i in range(n)], labels=y.astype(np.int64), classes=("A", "B"),

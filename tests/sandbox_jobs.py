@@ -1,4 +1,4 @@
-"""Module-level jobs for tests/test_sandbox.py (a spawned child must be able to import them)."""
+"""Module-level jobs for tests/app/test_sandbox.py (a spawned child must be able to import them)."""
 
 from __future__ import annotations
 

@@ -50,15 +50,15 @@ def free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-class JobQueue:
-    """Run callables one at a time, in order; at most ``max_pending`` queued or running."""
+class BoundedQueue:
+    """The promise every job queue keeps: at most ``max_pending`` jobs queued or running, :class:`BusyError` at once
+    beyond that. A subclass calls :meth:`_take` before queueing a job and :meth:`_release` when it is done."""
 
-    def __init__(self, max_pending: int = 16, name: str = "mosare-jobs") -> None:
+    def __init__(self, max_pending: int) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         self.max_pending = max_pending
         self._slots = threading.BoundedSemaphore(max_pending)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._lock = threading.Lock()
         self._pending = 0
         self.completed = 0
@@ -69,29 +69,43 @@ class JobQueue:
         with self._lock:
             return self._pending
 
-    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
-        """Queue ``fn(*args, **kwargs)``. Raises :class:`BusyError` at once when the queue is full."""
+    def _take(self) -> None:
         if not self._slots.acquire(blocking=False):
             raise BusyError(f"the server is busy ({self.max_pending} jobs waiting); try again in a moment")
         with self._lock:
             self._pending += 1
-        try:
-            future = self._pool.submit(self._run, fn, args, kwargs)
-        except BaseException:
-            self._release(None)
-            raise
-        future.add_done_callback(self._release)
-        return future
+
+    def _release(self, _: Future | None = None) -> None:
+        with self._lock:
+            self._pending -= 1
+            self.completed += 1
+        self._slots.release()
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        raise NotImplementedError
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Queue and wait for the result (exceptions are re-raised here)."""
         return self.submit(fn, *args, **kwargs).result()
 
-    def _release(self, _: Future | None) -> None:
-        with self._lock:
-            self._pending -= 1
-            self.completed += 1
-        self._slots.release()
+
+class JobQueue(BoundedQueue):
+    """Run callables one at a time, in order; at most ``max_pending`` queued or running."""
+
+    def __init__(self, max_pending: int = 16, name: str = "mosare-jobs") -> None:
+        super().__init__(max_pending)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        """Queue ``fn(*args, **kwargs)``. Raises :class:`BusyError` at once when the queue is full."""
+        self._take()
+        try:
+            future = self._pool.submit(self._run, fn, args, kwargs)
+        except BaseException:
+            self._release()
+            raise
+        future.add_done_callback(self._release)
+        return future
 
     @staticmethod
     def _run(fn: Callable[..., T], args: tuple, kwargs: dict) -> T:

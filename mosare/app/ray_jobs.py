@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import pickle
 import socket
-import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,7 +32,7 @@ import torch
 
 from mosare.errors import MosareError
 from mosare.inference import Predictor
-from mosare.app.jobs import OOM_MESSAGE, BusyError, GpuMemoryError, free_accelerator_memory, is_out_of_memory
+from mosare.app.jobs import OOM_MESSAGE, BoundedQueue, GpuMemoryError, free_accelerator_memory, is_out_of_memory
 from mosare.text.embed import ReportEmbedder
 from mosare.train.ray_cluster import connect, one_line
 
@@ -131,7 +130,7 @@ class JobActor:
                 "completed": self._completed}
 
 
-class RayJobQueue:
+class RayJobQueue(BoundedQueue):
     """:class:`mosare.app.jobs.JobQueue`'s interface, served by :class:`JobActor` s on the Ray cluster at ``address``.
 
     ``actors``: default one per GPU of the cluster (one on a CPU-only cluster); ``cpus_per_actor`` (default
@@ -139,9 +138,7 @@ class RayJobQueue:
 
     def __init__(self, address: str, max_pending: int = 16, *, actors: int | None = None,
                  cpus_per_actor: float | None = None, poll_seconds: float = 0.2, name: str = "mosare-ray-jobs") -> None:
-        if max_pending < 1:
-            raise ValueError("max_pending must be at least 1")
-        self.max_pending = max_pending
+        super().__init__(max_pending)
         self.poll_seconds = poll_seconds
         self._connected = connect(address)
         cpus = cpus_per_actor if cpus_per_actor is not None else float(os.environ.get("MOSARE_RAY_ACTOR_CPUS", "1"))
@@ -149,24 +146,12 @@ class RayJobQueue:
         options = {"num_cpus": cpus, "num_gpus": 1 if gpus else 0}
         self._actors = [JobActor.options(**options).remote(int(cpus)) for _ in range(actors or max(1, gpus))]
         self._load = [0] * len(self._actors)
-        self._slots = threading.BoundedSemaphore(max_pending)
-        self._lock = threading.Lock()
-        self._pending = 0
-        self.completed = 0
         self._waiters = ThreadPoolExecutor(max_workers=max_pending, thread_name_prefix=name)
-
-    @property
-    def pending(self) -> int:
-        """Jobs queued or running now."""
-        with self._lock:
-            return self._pending
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
         """Queue ``fn(*args, **kwargs)`` on an actor. Raises :class:`BusyError` at once when the queue is full."""
-        if not self._slots.acquire(blocking=False):
-            raise BusyError(f"the server is busy ({self.max_pending} jobs waiting); try again in a moment")
+        self._take()
         with self._lock:
-            self._pending += 1
             i = min(range(len(self._actors)), key=self._load.__getitem__)
             self._load[i] += 1
         try:
@@ -176,21 +161,15 @@ class RayJobQueue:
             ref = self._actors[i].run.remote(job_id, blob, on_progress is not None)
             future = self._waiters.submit(self._wait, i, job_id, ref, on_progress)
         except BaseException:
-            self._release(i)
+            self._release_actor(i)
             raise
-        future.add_done_callback(lambda _: self._release(i))
+        future.add_done_callback(lambda _: self._release_actor(i))
         return future
 
-    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Queue and wait for the result (exceptions are re-raised here)."""
-        return self.submit(fn, *args, **kwargs).result()
-
-    def _release(self, i: int) -> None:
+    def _release_actor(self, i: int) -> None:
         with self._lock:
-            self._pending -= 1
             self._load[i] -= 1
-            self.completed += 1
-        self._slots.release()
+        self._release()
 
     def _wait(self, i: int, job_id: str, ref: ray.ObjectRef, on_progress: Callable[..., None] | None) -> Any:
         while not ray.wait([ref], timeout=self.poll_seconds)[0]:

@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 from mosare import MODALITIES
-from mosare.inference import Case, Predictor
 from mosare.data.local_tokens import gmm_local_tokens
+from mosare.inference import Case, Predictor
+from mosare.train.data import pad_bags
 from mosare.types import Batch
 
 IG_STEPS = 64  # gradient evaluations in 2-node Gauss–Legendre panels (see bench/faithfulness.py for the gaps)
@@ -90,16 +91,6 @@ def _rows(b: Batch, n: int) -> Batch:
 
 def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-
-
-def _padded(bags: list[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max([len(x) for x in bags] + [0])
-    out = np.zeros((len(bags), n, dim), np.float32)
-    mask = np.zeros((len(bags), n), bool)
-    for i, x in enumerate(bags):
-        out[i, : len(x)] = x
-        mask[i, : len(x)] = True
-    return _t(out), torch.from_numpy(mask)
 
 
 def _local(bags: list[np.ndarray], protos: np.ndarray | None, c: int, dim: int) -> torch.Tensor:
@@ -188,7 +179,7 @@ def report_variant_probs(predictor: Predictor, case: Case, drops: Sequence[Seque
     protos = predictor.extras.get("rpt_prototypes")
     out = []
     for sl in _chunks(len(drops), _row_floats(base)):
-        bag, mask = _padded(bags[sl], dim)
+        bag, mask = pad_bags(bags[sl], dim)
         rows = replace(_rows(base, sl.stop - sl.start), rpt_bag=bag, rpt_bag_mask=mask, rpt_global=_t(glob[sl]),
                        rpt_local=_local(bags[sl], protos, predictor.cfg.n_local, dim))
         out.append(_probs(predictor, rows, target))

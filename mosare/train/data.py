@@ -12,7 +12,6 @@ from mosare.data.local_tokens import fit_prototypes, gmm_local_tokens
 from mosare.text.tfidf import TfidfSvdEncoder
 from mosare.types import Batch
 
-
 RNA_CLIP = 10.0  # cBioPortal-style z-scores reach 10^4 for a few genes; clip before and after standardising
 
 
@@ -132,7 +131,8 @@ def fit_fold_features(cohort: Cohort, train_idx: np.ndarray, n_local: int, seed:
                         text=text)
 
 
-def _pad(bags: list[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_bags(bags: list[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variable-length bags [n_i, dim] → padded [B, N, dim] float32 and mask [B, N] bool (True = real row)."""
     n = max([len(b) for b in bags] + [0])
     out = np.zeros((len(bags), n, dim), np.float32)
     mask = np.zeros((len(bags), n), bool)
@@ -161,10 +161,10 @@ def make_batch(cohort: Cohort, tokens: FoldFeatures, idx: np.ndarray, present: n
     empty = np.zeros((0, 0), np.float32)
     wsi_bags = [tokens.wsi_bag(_sample(cohort.wsi_bag(int(i)), max_patches, rng)) if cohort.wsi_dim else empty
                 for i in idx]
-    wsi_bag, wsi_mask = _pad(wsi_bags, cohort.wsi_dim)
+    wsi_bag, wsi_mask = pad_bags(wsi_bags, cohort.wsi_dim)
     rpt_dim = cohort.rpt_dim
     rpt_bags = [_sample(tokens.rpt_sentences[i], max_sentences, rng) if rpt_dim else empty for i in idx]
-    rpt_bag, rpt_mask = _pad(rpt_bags, rpt_dim)
+    rpt_bag, rpt_mask = pad_bags(rpt_bags, rpt_dim)
     rna = tokens.rna[idx] if tokens.rna.size else np.zeros((len(idx), 0), np.float32)
     rpt_global = tokens.rpt_global[idx] if rpt_dim else np.zeros((len(idx), 0), np.float32)
     batch = Batch(

@@ -37,7 +37,6 @@ class SNNBaseline(Baseline):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        self.uses = ("rna",)
         self.encoder = SNNEncoder(cfg.rna_dim, cfg.hidden, n_layers=2, dropout=cfg.dropout)
         self.classifier = nn.Linear(cfg.hidden, cfg.n_classes)
         lecun_normal_(self.classifier)
@@ -60,7 +59,6 @@ class ABMILBaseline(Baseline):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        self.uses = ("wsi",)
         self.encoder = ABMILEncoder(cfg.wsi_dim, cfg.hidden, dropout=cfg.dropout)
         self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.n_classes))
 
@@ -89,7 +87,6 @@ class TextBaseline(Baseline):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        self.uses = ("rpt",)
         self.sentences = ABMILEncoder(cfg.rpt_dim, cfg.hidden, dropout=cfg.dropout)
         self.global_proj = nn.Sequential(nn.LayerNorm(cfg.rpt_dim, elementwise_affine=False), mlp(cfg.rpt_dim, cfg.hidden, cfg.dropout))
         self.head = mlp(2 * cfg.hidden, cfg.hidden, cfg.dropout)

@@ -1,10 +1,14 @@
-"""CLI error paths: one line naming the problem, exit code 2, no traceback; and a small end-to-end run."""
+"""CLI error paths: one line naming the problem, exit code 2, no traceback; and a small end-to-end run.
+
+The commands run in-process (``main([...])`` with stdout/stderr captured): what a real ``python -m mosare`` process
+prints, library warnings included, is checked once in tests/e2e/test_bad_inputs.py.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,8 +16,15 @@ import pytest
 from mosare.cli import main
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mosare", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``mosare ARGS`` in this process: its exit code, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse errors
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return subprocess.CompletedProcess(["mosare", *args], code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:

@@ -159,6 +159,7 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
         load_checkpoint(tmp_path / "nan.safetensors")
 
 
+@pytest.mark.slow  # ~12 s; the Ray grid test (tests/app/test_ray.py) checks the same against the serial run
 def test_parallel_workers_match_serial_run(tmp_path):
     cohort = rna_cohort(n=48)
     cfg = ExperimentConfig(classes=("A", "B"), folds=2, models=("mosare", "snn"),

@@ -1,4 +1,4 @@
-"""The dashboard in a real browser, shared by the browser tests (tests/test_browser.py, tests/test_concurrency.py)
+"""The dashboard in a real browser, shared by the browser tests (tests/browser/test_browser.py, tests/browser/test_concurrency.py)
 and the benchmarks (bench/dashboard.py, bench/sessions.py): a ``streamlit run`` server as a subprocess, finding
 Chromium, its launch options, and the front-end checks run in the page (idle, heatmap painted).
 

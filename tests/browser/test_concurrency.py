@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import CHROMIUM_ARGS, VIEWPORT, wait_for_app
+from tests.browser_helpers import CHROMIUM_ARGS, VIEWPORT, wait_for_app
 
 # Slow: ~2 min on a quiet 2-core machine (4 min under load). CI runs it through `make test-slow`.
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

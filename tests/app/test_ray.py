@@ -30,7 +30,7 @@ from mosare.app.jobs import BusyError, GpuMemoryError, make_job_queue  # noqa: E
 
 ray = pytest.importorskip("ray")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEMO_MODEL = REPO / "assets" / "demo" / "model" / "mosare.safetensors"
 
 

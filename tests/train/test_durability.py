@@ -29,7 +29,7 @@ from mosare.io.atomic import (atomic_path, atomic_write_bytes, atomic_write_text
                               remove_stale_temps)
 from mosare.io.features import read_features, write_features_h5
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT_ARGS = ["--label-column", "label", "--classes", "A,B", "--folds", "2", "--epochs", "3", "--hidden", "16",
                    "--models", "mosare,snn", "--scenarios", "complete,masked-unmasked", "--mask-rates", "0.3",
                    "--device", "cpu", "--workers", "1"]
@@ -214,6 +214,7 @@ def test_truncated_or_corrupt_feature_file_is_not_taken_as_done(tmp_path: Path) 
 # ----------------------------------------------------------------------------------------------- extraction
 
 
+@pytest.mark.slow  # ~18 s: a real extraction killed with SIGKILL, then resumed
 def test_extraction_killed_leaves_no_partial_file_and_resumes(tmp_path: Path) -> None:
     from mosare.synthetic.cohort import write_demo_cohort
 
@@ -344,7 +345,7 @@ def test_resume_reuses_only_runs_with_the_same_config_and_data(tmp_path: Path) -
     assert not _temp_files(out)
 
 
-@pytest.mark.slow  # ~25 s; parallel = serial is also checked (faster) by tests/test_training.py
+@pytest.mark.slow  # ~25 s; parallel = serial is also checked (faster) by tests/train/test_training.py
 def test_resume_with_parallel_workers(tmp_path: Path) -> None:
     """Worker processes reuse the records of a serial run, and write records a serial run reuses."""
     from mosare.train.experiment import run_experiment

@@ -1,6 +1,6 @@
 """The dashboard in a real browser: `streamlit run` as a subprocess, driven by headless Chromium (playwright).
 
-What AppTest (tests/test_dashboard.py) cannot see: the page as a user gets it, i.e. the front end rendering the
+What AppTest (tests/dashboard/test_dashboard.py) cannot see: the page as a user gets it, i.e. the front end rendering the
 prediction metric and probability bars, the plotly heatmap actually painting its image, and the report's
 highlighted sentences. Two flows: the default real demo (a held-out TCGA-BRCA patient: Case -> RNA -> Report ->
 Slide "missing" -> Cohort) and the synthetic three-modality demo (Load demo case -> Run -> Slide heatmap -> Report),
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import CHROMIUM_ARGS, HEATMAP_PAINTED_JS, REPO_ROOT, VIEWPORT, StreamlitServer, wait_for_app
+from tests.browser_helpers import CHROMIUM_ARGS, HEATMAP_PAINTED_JS, REPO_ROOT, VIEWPORT, StreamlitServer, wait_for_app
 
 pytestmark = pytest.mark.browser
 
@@ -148,6 +148,7 @@ def test_real_brca_case_in_a_real_browser(chromium: str, streamlit_server: Strea
     print(f"screenshots: {shots_dir}")
 
 
+@pytest.mark.slow  # ~21 s; `make test` drives the real BRCA flow, CI runs this one in the slow tier
 def test_synthetic_demo_case_in_a_real_browser(chromium: str, streamlit_server: StreamlitServer, tmp_path: Path):
     from playwright.sync_api import expect
 
