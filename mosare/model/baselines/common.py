@@ -165,6 +165,11 @@ class Baseline(SubtypingModel):
 
     requires_any: tuple[str, ...] = ()
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.uses:  # a model that declares (or inherits) no `uses` reads exactly what it requires
+            cls.uses = cls.requires
+
     def __init__(self, cfg: ModelConfig) -> None:
         reason = self.not_applicable_reason(cfg.modalities)
         if reason is not None:

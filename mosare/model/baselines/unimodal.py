@@ -33,7 +33,6 @@ class SNNBaseline(Baseline):
     name = "snn"
     default_lr = 1e-3  # bench/sweep.py (assets/results/lr-sweep)
     requires = ("rna",)
-    uses = ("rna",)
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -55,7 +54,6 @@ class ABMILBaseline(Baseline):
 
     name = "abmil"
     requires = ("wsi",)
-    uses = ("wsi",)
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -81,9 +79,8 @@ class TextBaseline(Baseline):
     """
 
     name = "text"
-    default_lr = 3e-4  # bench/sweep.py (assets/results/lr-sweep)
     requires = ("rpt",)
-    uses = ("rpt",)
+    default_lr = 3e-4  # bench/sweep.py (assets/results/lr-sweep)
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
