@@ -1,6 +1,8 @@
 """Command line: ``mosare experiment | predict | demo-cohort``. Thin: parses arguments, calls the package.
 
 Errors the user can fix print one line (``mosare: error: ...``) and exit with code 2, without a traceback.
+Each command imports the part of the package it runs inside its handler, so ``mosare --help`` and a bad argument
+answer at once instead of after loading torch, OpenSlide and the text models.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import yaml
 
 from mosare import MODALITIES
 from mosare.errors import MosareError
+from mosare.io.atomic import atomic_write_text
 
 T = TypeVar("T")
 
@@ -204,6 +205,5 @@ def save_config(cfg: Any, path: str | Path) -> None:
     path = Path(path)
     data = to_dict(cfg)
     text = yaml.safe_dump(data, sort_keys=False) if path.suffix in (".yaml", ".yml") else json.dumps(data, indent=2)
-    from mosare.io.atomic import atomic_write_text
 
     atomic_write_text(path, text)

@@ -11,15 +11,19 @@ import pandas as pd
 import torch
 
 from mosare import MODALITIES
-from mosare.errors import InputError
-from mosare.model.checkpoint import load_checkpoint
-from mosare.io.features import read_features
-from mosare.io.tables import check_report_text, read_table, to_float
 from mosare.data.local_tokens import gmm_local_tokens
-from mosare.text.scrub import has_content
+from mosare.data.rna import clean_gene_id
+from mosare.errors import InputError
+from mosare.io.features import read_features
+from mosare.io.tables import MAX_CASE_TABLE_BYTES, MAX_CASE_TABLE_ROWS, check_report_text, read_table, to_float
+from mosare.model.checkpoint import load_checkpoint
+from mosare.text.embed import ReportEmbedder
+from mosare.text.scrub import has_content, scrub, vocabulary_for
+from mosare.text.sentences import split_sentences
 from mosare.text.tfidf import TfidfSvdEncoder
 from mosare.train.calibration import apply_temperature, prediction_sets, set_label
-from mosare.types import Batch
+from mosare.train.data import standardise_rna, standardise_wsi
+from mosare.types import Batch, resolve_device
 
 MIN_GENE_COVERAGE = 0.5
 
@@ -88,8 +92,6 @@ class Predictor:
         and a table where fewer than ``MIN_GENE_COVERAGE`` of the model's genes have a value, are refused.
         What was averaged or missing is appended to ``notes`` (one line each).
         """
-        from mosare.io.tables import MAX_CASE_TABLE_BYTES, MAX_CASE_TABLE_ROWS
-        from mosare.data.rna import clean_gene_id
 
         df = read_table(path, max_bytes=MAX_CASE_TABLE_BYTES, max_rows=MAX_CASE_TABLE_ROWS)
         if df.shape[1] == 2 and len(df) >= 2 and not pd.api.types.is_numeric_dtype(df.iloc[:, 0].dtype):
@@ -177,10 +179,6 @@ class Predictor:
             case.patches, case.coords = sf.features, sf.coords
             present[0] = True
         if report_text is not None and "rpt" in self.cfg.modalities:
-            from mosare.text.embed import ReportEmbedder
-            from mosare.text.scrub import scrub, vocabulary_for
-            from mosare.text.sentences import split_sentences
-
             clean = scrub(report_text, [*vocabulary_for(self.classes), *self.meta.get("scrub_terms", [])]).text
             if not has_content(clean):
                 raise InputError("the report is empty after removing subtype words")
@@ -233,13 +231,9 @@ class Predictor:
         return b.with_present(b.present), resp
 
     def _wsi(self, x: np.ndarray) -> np.ndarray:
-        from mosare.train.data import standardise_wsi
-
         return standardise_wsi(x, self.extras.get("wsi_mean"), self.extras.get("wsi_std"))
 
     def _rna(self, x: np.ndarray) -> np.ndarray:
-        from mosare.train.data import standardise_rna
-
         if "rna_mean" not in self.extras:
             return x
         return standardise_rna(x[None], self.extras["rna_mean"], self.extras["rna_std"])[0]
@@ -291,6 +285,4 @@ class Predictor:
 
 
 def load_predictor(checkpoint: str | Path, device: str = "auto") -> Predictor:
-    from mosare.types import resolve_device
-
     return Predictor(checkpoint, resolve_device(device))

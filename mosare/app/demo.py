@@ -25,8 +25,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mosare.config import ExperimentConfig
 from mosare.config import cache_dir as cache_root
+from mosare.data.cohort import build_cohort
 from mosare.errors import MosareError
+from mosare.io.atomic import atomic_write_text
+from mosare.slides.extract import extract_slide, load_encoder, run_extract
+from mosare.synthetic.cohort import SIGNAL_SENTENCES, write_demo_cohort
+from mosare.text.embed import ReportEmbedder
+from mosare.train.experiment import run_experiment
+from mosare.train.splits import patient_folds
+from mosare.types import resolve_device
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "demo"
 MODEL_PATH = ASSETS / "model" / "mosare.safetensors"
@@ -81,10 +90,6 @@ def ensure_demo_cases(cache_dir: str | Path | None = None, model_path: str | Pat
 
 
 def _materialise(root: Path, ids: list[str], seed: int, n_cases: int, encoder: str, progress: Progress | None) -> None:
-    from mosare.slides.extract import extract_slide, load_encoder
-    from mosare.synthetic.cohort import write_demo_cohort
-    from mosare.types import resolve_device
-
     say = progress or (lambda f, msg: None)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=root.parent))
@@ -120,14 +125,10 @@ def load_demo_cases(root: str | Path, ids: list[str]) -> list[DemoCase]:
         if pid in rna.index:
             rna_path = root / "case-rna" / f"{pid}.csv"
             if not rna_path.is_file():
-                from mosare.io.atomic import atomic_write_text
-
                 atomic_write_text(rna_path, rna.loc[[pid]].drop(columns=["label"]).to_csv())
         text = str(reports.loc[pid, "text"]) if pid in reports.index else None
         planted = None
         if text is not None and g["planted_sentence_index"] is not None:
-            from mosare.synthetic.cohort import SIGNAL_SENTENCES
-
             planted = next((s for s in SIGNAL_SENTENCES[g["label"]] if s in text), None)
         out.append(DemoCase(pid, g["label"], slide if slide.is_file() else None, feats if feats.is_file() else None,
                             rna_path, text, g["slide_region_bbox"], planted))
@@ -140,14 +141,6 @@ def load_demo_cases(root: str | Path, ids: list[str]) -> list[DemoCase]:
 def build_demo_assets(work_dir: str | Path, out_dir: str | Path = ASSETS, *, epochs: int = 40, hidden: int = 64,
                       folds: int = 3, workers: int = 2, n_demo: int = 8, progress: bool = True) -> dict:
     """Build ``assets/demo/`` from scratch (see the module docstring). Returns a summary dict."""
-    from mosare.data.cohort import build_cohort
-    from mosare.config import ExperimentConfig
-    from mosare.io.atomic import atomic_write_text
-    from mosare.slides.extract import run_extract
-    from mosare.text.embed import ReportEmbedder
-    from mosare.synthetic.cohort import write_demo_cohort
-    from mosare.train.experiment import run_experiment
-    from mosare.train.splits import patient_folds
 
     work, out = Path(work_dir), Path(out_dir)
     cohort_dir = work / "cohort"

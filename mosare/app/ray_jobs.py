@@ -30,11 +30,12 @@ import ray
 import ray.cloudpickle as cloudpickle
 import torch
 
+from mosare.app.jobs import OOM_MESSAGE, BoundedQueue, GpuMemoryError, free_accelerator_memory, is_out_of_memory
 from mosare.errors import MosareError
 from mosare.inference import Predictor
-from mosare.app.jobs import OOM_MESSAGE, BoundedQueue, GpuMemoryError, free_accelerator_memory, is_out_of_memory
 from mosare.text.embed import ReportEmbedder
 from mosare.train.ray_cluster import connect, one_line
+from mosare.types import resolve_device
 
 T = TypeVar("T")
 MAX_MODELS = 4  # checkpoints an actor keeps loaded
@@ -77,8 +78,6 @@ class JobActor:
     """Runs jobs one at a time (the default concurrency group); ``progress`` and ``info`` answer meanwhile."""
 
     def __init__(self, threads: int = 1) -> None:
-        from mosare.types import resolve_device
-
         torch.set_num_threads(max(1, threads))
         self.device = resolve_device("auto")  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
         self._predictors: OrderedDict[str, Predictor] = OrderedDict()

@@ -15,9 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from mosare import MODALITIES
+from mosare.app.sandbox import Limits, run_isolated
 from mosare.errors import InputError
 from mosare.inference import Case, Prediction, Predictor
-from mosare.app.sandbox import Limits
+from mosare.io.atomic import atomic_write_bytes, atomic_write_text
+from mosare.io.features import read_features
+from mosare.io.slides import open_slide
+from mosare.slides.encoders import list_encoders
+from mosare.slides.extract import extract_slide, load_encoder
+from mosare.text.scrub import scrub, vocabulary_for
+from mosare.types import resolve_device
 
 MODALITY_NAMES = {"wsi": "Slide", "rna": "RNA-seq", "rpt": "Report"}
 
@@ -92,7 +99,6 @@ def tile_size_of(attrs: dict, default: float = 256.0) -> float:
 def slide_view(coords: np.ndarray, tile_size: float, slide_path: str | Path | None = None,
                max_size: int = 1200) -> SlideView:
     """Thumbnail (longest side ``max_size``) of the slide, or a white canvas covering the tiles."""
-    from mosare.io.slides import open_slide
 
     coords = np.asarray(coords)
     if slide_path is not None:
@@ -108,7 +114,6 @@ def slide_view(coords: np.ndarray, tile_size: float, slide_path: str | Path | No
 
 def read_tile_region(view: SlideView, i: int, context: int = 1) -> np.ndarray:
     """Tile ``i`` with ``context`` tiles of margin, at full resolution (level 0): [h, w, 3] uint8."""
-    from mosare.io.slides import open_slide
 
     if view.slide_path is None:
         raise InputError("no slide file for this case: only its patch features were given")
@@ -129,8 +134,6 @@ def store_upload(data: bytes, suffix: str, cache_dir: str | Path) -> Path:
     suffix = "".join(ch for ch in suffix.lower() if ch.isalnum() or ch == ".")[:12]
     path = Path(cache_dir) / "uploads" / f"{digest}{suffix}"
     if not path.is_file():
-        from mosare.io.atomic import atomic_write_bytes
-
         atomic_write_bytes(path, data)
     return path
 
@@ -159,10 +162,6 @@ def _decode_slide(slide_path: str, encoder: str, device: str, features_out: str,
 
     import torch
     from PIL import Image
-
-    from mosare.io.atomic import atomic_write_bytes
-    from mosare.io.slides import open_slide
-    from mosare.slides.extract import extract_slide, load_encoder
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     enc = load_encoder(encoder, torch.device(device))
@@ -194,10 +193,6 @@ def slide_features(slide_path: str | Path, encoder: str, cache_dir: str | Path,
     one-line message for an unreadable slide, a slide without tissue, a crash or a limit.
     """
     import json
-
-    from mosare.io.atomic import atomic_write_text
-    from mosare.app.sandbox import run_isolated
-    from mosare.types import resolve_device
 
     slide_path = Path(slide_path)
     if not slide_path.exists():
@@ -246,7 +241,6 @@ class LoadedCase:
 def encoder_for(predictor: Predictor) -> str:
     """The patch encoder a checkpoint's slide features came from: recorded in the checkpoint, else the
     registered encoder with the model's feature size."""
-    from mosare.slides.encoders import list_encoders
 
     name = predictor.meta.get("encoder")
     if name:
@@ -263,8 +257,6 @@ def load_case(predictor: Predictor, *, slide_path: str | Path | None = None, fea
               cache_dir: str | Path, on_progress: Callable[[int, int, float], None] | None = None) -> LoadedCase:
     """Build a case from whatever files were given. A slide without features is tiled and encoded (cached by
     content hash); its thumbnail is kept for the heatmap. Raises :class:`InputError` naming the bad input."""
-    from mosare.io.features import read_features
-    from mosare.text.scrub import scrub, vocabulary_for
 
     notes: list[str] = []
     decoded = None
@@ -297,8 +289,6 @@ def load_case(predictor: Predictor, *, slide_path: str | Path | None = None, fea
 def read_tiles(view: SlideView, idx: np.ndarray, size: int = 256) -> list[np.ndarray]:
     """Tiles ``idx`` read at level 0 and resized to ``size`` px: list of [size, size, 3] uint8."""
     from PIL import Image
-
-    from mosare.io.slides import open_slide
 
     if view.slide_path is None:
         return []

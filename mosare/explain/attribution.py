@@ -33,6 +33,7 @@ import torch
 from mosare import MODALITIES
 from mosare.data.local_tokens import gmm_local_tokens
 from mosare.inference import Case, Predictor
+from mosare.text.embed import ReportEmbedder
 from mosare.train.data import pad_bags
 from mosare.types import Batch
 
@@ -143,8 +144,6 @@ def _report_globals(predictor: Predictor, case: Case, drops: Sequence[Sequence[i
     if predictor.text_encoder is not None:
         return predictor.text_encoder.encode_reports([remaining_report_text(case.sentences, d) for d in drops])
     if embedder is None:
-        from mosare.text.embed import ReportEmbedder
-
         embedder = ReportEmbedder()
     # the sentence model's global vector: token-weighted mean of consecutive-sentence chunks (as
     # ReportEmbedder.embed builds it), every distinct chunk of every variant embedded in one call

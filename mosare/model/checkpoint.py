@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from mosare.config import ModelConfig, from_dict, to_dict
 from mosare.errors import CheckpointError, MosareError
 from mosare.io.atomic import atomic_path, atomic_write_text
+from mosare.model.registry import build_model
 
 FORMAT = "mosare-checkpoint/1"
 # ModelConfig fields added after the first checkpoints were written, with the value those checkpoints were
@@ -93,7 +94,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
         tensors = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({str(err).splitlines()[0]})") from None
-    from mosare.model.registry import build_model
 
     try:
         cfg = from_dict(ModelConfig, {**LEGACY_DEFAULTS, **meta["config"]})

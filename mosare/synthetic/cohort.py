@@ -33,9 +33,9 @@ import gzip
 import io
 import json
 import os
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from collections.abc import Collection
 from typing import Any
 
 import numpy as np

@@ -38,22 +38,30 @@ import torch
 from tqdm.auto import tqdm
 
 from mosare import MODALITIES
-from mosare.data.cohort import Cohort
 from mosare.config import ExperimentConfig, ModelConfig, to_dict
+from mosare.data.cohort import Cohort
 from mosare.errors import MosareError
 from mosare.io.atomic import atomic_write_text
 from mosare.model.checkpoint import save_checkpoint
 from mosare.model.registry import applicability, build_model
 from mosare.text.leak_audit import leak_audit
-from mosare.train.data import FoldFeatures, fit_fold_features
 from mosare.train.calibration import fit_calibration, prediction_rows
+from mosare.train.data import FoldFeatures, fit_fold_features
 from mosare.train.loop import fit, predict_embeddings, predict_probs, refit
-from mosare.types import resolve_device
 from mosare.train.metrics import classification_metrics, subset_aucs
-from mosare.train.resume import (RESULT_FORMAT, checkpoint_stem, code_fingerprint, cohort_fingerprint, drop_result,
-                                 load_result, run_fingerprint, write_result)
+from mosare.train.resume import (
+    RESULT_FORMAT,
+    checkpoint_stem,
+    code_fingerprint,
+    cohort_fingerprint,
+    drop_result,
+    load_result,
+    run_fingerprint,
+    write_result,
+)
 from mosare.train.splits import make_scenario, patient_folds, train_val_split
 from mosare.train.summary import summarise
+from mosare.types import resolve_device
 
 log = logging.getLogger(__name__)
 METRIC_COLUMNS = ["model", "scenario", "mask_rate", "fold", "auc", "f1", "acc"]

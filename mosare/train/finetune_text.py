@@ -37,9 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mosare.data.cohort import select_labels
 from mosare.errors import InputError, MosareError
 from mosare.io.atomic import atomic_write_text
+from mosare.io.readers import read_reports_table, read_rna_table
+from mosare.text.embed import ReportEmbedder
+from mosare.text.scrub import scrub, vocabulary_for
 from mosare.text.sentence_data import labelled_sentences, mean_sentence_embeddings, report_sentences, separability_auc
+from mosare.train.splits import patient_folds, train_val_split
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +107,6 @@ def fold_split(reports_labels, rna_labels, classes: Sequence[str], label_column:
         reports_labels: the reports table's label Series (index patient_id).
         rna_labels: the RNA table's label Series, or None; it takes precedence, as in ``build_cohort``.
     """
-    from mosare.data.cohort import select_labels
-    from mosare.train.splits import patient_folds, train_val_split
 
     classes = tuple(classes)
     if not 0 <= fold < n_folds:
@@ -221,8 +224,6 @@ def finetune_fold(texts, report_labels, rna_labels, *, out_dir: str | Path, clas
         report_labels / rna_labels: the label Series of the reports and RNA tables (RNA may be None).
         out_dir: the model goes to ``out_dir/fold<fold>/``.
     """
-    from mosare.text.embed import ReportEmbedder
-    from mosare.text.scrub import scrub, vocabulary_for
 
     _check_args(batch_size, max_sentences_per_report)
     start = time.perf_counter()
@@ -316,7 +317,6 @@ def run_finetune(reports: str | Path, out_dir: str | Path, *, classes: Sequence[
                  folds: Sequence[int] | None, n_folds: int = 5, rna: str | Path | None = None,
                  **kwargs) -> list[FinetuneResult]:
     """Read the tables and fine-tune one model per fold in ``folds`` (None: every fold)."""
-    from mosare.io.readers import read_reports_table, read_rna_table
 
     if len(tuple(classes)) < 2:
         raise MosareError("--classes needs at least two class names")

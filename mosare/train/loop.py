@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mosare.data.cohort import Cohort
 from mosare.config import TrainConfig
+from mosare.data.cohort import Cohort
 from mosare.model.base import SubtypingModel
-from mosare.train.data import FoldFeatures, make_batch
 from mosare.train.calibration import calibrated_nll
+from mosare.train.data import FoldFeatures, make_batch
 from mosare.train.metrics import auc
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ import ray
 import torch
 
 from mosare.errors import MosareError
-from mosare.train.ray_cluster import connect
 from mosare.train.experiment import Fold, _run_setting
+from mosare.train.ray_cluster import connect
 from mosare.train.resume import checkpoint_stem, code_fingerprint, load_result, run_fingerprint
 
 ACC_KEYS = ("rows", "runs", "subsets", "predictions", "history")
