@@ -12,9 +12,9 @@ import torch
 
 from mosare import MODALITIES
 from mosare.data.local_tokens import gmm_local_tokens
-from mosare.data.rna import clean_gene_id
 from mosare.errors import InputError
 from mosare.io.features import read_features
+from mosare.io.readers import clean_gene_id
 from mosare.io.tables import MAX_CASE_TABLE_BYTES, MAX_CASE_TABLE_ROWS, check_report_text, read_table, to_float
 from mosare.model.checkpoint import load_checkpoint
 from mosare.text.embed import ReportEmbedder
