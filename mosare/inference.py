@@ -214,21 +214,14 @@ class Predictor:
         rpt_dim = cfg.rpt_dim if "rpt" in cfg.modalities else 0
         patches = self._wsi(case.patches) if case.patches is not None else np.zeros((0, wsi_dim), np.float32)
         sents = case.sentence_emb if case.sentence_emb is not None else np.zeros((0, rpt_dim), np.float32)
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
-        b = Batch(
-            present=torch.from_numpy(use)[None],
-            labels=torch.full((1,), -1, dtype=torch.long),
-            wsi_bag=t(patches[:, :wsi_dim] if wsi_dim else np.zeros((0, 0))),
-            wsi_bag_mask=torch.ones(1, len(patches) if wsi_dim else 0, dtype=torch.bool),
-            wsi_local=t(local(patches if case.patches is not None else None, "wsi_prototypes", wsi_dim, "wsi")
-                        if wsi_dim else np.zeros((C, 0))),
-            rna=t(self._rna(case.rna) if case.rna is not None else np.zeros(cfg.rna_dim if "rna" in cfg.modalities else 0)),
-            rpt_bag=t(sents if rpt_dim else np.zeros((0, 0))),
-            rpt_bag_mask=torch.ones(1, len(sents) if rpt_dim else 0, dtype=torch.bool),
-            rpt_global=t(case.report_emb if case.report_emb is not None else np.zeros(rpt_dim)),
-            rpt_local=t(local(case.sentence_emb, "rpt_prototypes", rpt_dim, "rpt") if rpt_dim else np.zeros((C, 0))),
-        )
-        return b.with_present(b.present), resp
+        wsi_local = local(patches if case.patches is not None else None, "wsi_prototypes", wsi_dim, "wsi")
+        rpt_local = local(case.sentence_emb, "rpt_prototypes", rpt_dim, "rpt")
+        rna = self._rna(case.rna) if case.rna is not None else np.zeros(cfg.rna_dim if "rna" in cfg.modalities else 0)
+        report = case.report_emb if case.report_emb is not None else np.zeros(rpt_dim)
+        batch = Batch.collate(use[None], np.full(1, -1), wsi_bags=[patches[:, :wsi_dim]], wsi_local=wsi_local[None],
+                              rna=rna[None], rpt_bags=[sents[:, :rpt_dim]], rpt_global=report[None],
+                              rpt_local=rpt_local[None], wsi_dim=wsi_dim, rpt_dim=rpt_dim)
+        return batch, resp
 
     def _wsi(self, x: np.ndarray) -> np.ndarray:
         return standardise_wsi(x, self.extras.get("wsi_mean"), self.extras.get("wsi_std"))

@@ -10,11 +10,27 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from mosare import MODALITIES
 from mosare.errors import MosareError
+
+
+def _f32(a: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def pad_bags(bags: list[np.ndarray], dim: int) -> tuple[Tensor, Tensor]:
+    """Variable-length bags [n_i, dim] → padded [B, N, dim] float32 and mask [B, N] bool (True = real row)."""
+    n = max([len(b) for b in bags] + [0])
+    out = np.zeros((len(bags), n, dim), np.float32)
+    mask = np.zeros((len(bags), n), bool)
+    for i, b in enumerate(bags):
+        out[i, : len(b)] = b
+        mask[i, : len(b)] = True
+    return torch.from_numpy(out), torch.from_numpy(mask)
 
 
 @dataclass
@@ -44,6 +60,22 @@ class Batch:
     rpt_bag_mask: Tensor
     rpt_global: Tensor
     rpt_local: Tensor
+
+    @classmethod
+    def collate(cls, present: np.ndarray, labels: np.ndarray, *, wsi_bags: list[np.ndarray], wsi_local: np.ndarray,
+                rna: np.ndarray, rpt_bags: list[np.ndarray], rpt_global: np.ndarray, rpt_local: np.ndarray,
+                wsi_dim: int, rpt_dim: int) -> Batch:
+        """The one road from per-case arrays to a Batch, for training (``mosare.train.data.make_batch``) and
+        prediction (``mosare.inference.Predictor.batch``) alike: bags padded with their masks, every array float32,
+        inputs of absent modalities zeroed. ``present`` [B, 3] bool, ``labels`` [B] (-1 when unknown), bags
+        [n_i, D] per case, the other arrays with a leading B."""
+        wsi_bag, wsi_mask = pad_bags(wsi_bags, wsi_dim)
+        rpt_bag, rpt_mask = pad_bags(rpt_bags, rpt_dim)
+        batch = cls(present=torch.from_numpy(np.ascontiguousarray(present, dtype=bool)),
+                    labels=torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
+                    wsi_bag=wsi_bag, wsi_bag_mask=wsi_mask, wsi_local=_f32(wsi_local), rna=_f32(rna),
+                    rpt_bag=rpt_bag, rpt_bag_mask=rpt_mask, rpt_global=_f32(rpt_global), rpt_local=_f32(rpt_local))
+        return batch.with_present(batch.present)
 
     @property
     def size(self) -> int:

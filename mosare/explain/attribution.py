@@ -34,8 +34,7 @@ from mosare import MODALITIES
 from mosare.data.local_tokens import gmm_local_tokens
 from mosare.inference import Case, Predictor
 from mosare.text.embed import ReportEmbedder
-from mosare.train.data import pad_bags
-from mosare.types import Batch
+from mosare.types import Batch, pad_bags
 
 IG_STEPS = 64  # gradient evaluations in 2-node Gauss–Legendre panels (see bench/faithfulness.py for the gaps)
 TOP_TILES = 24

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from mosare.data.cohort import Cohort
 from mosare.data.local_tokens import fit_prototypes, gmm_local_tokens
@@ -131,17 +130,6 @@ def fit_fold_features(cohort: Cohort, train_idx: np.ndarray, n_local: int, seed:
                         text=text)
 
 
-def pad_bags(bags: list[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Variable-length bags [n_i, dim] → padded [B, N, dim] float32 and mask [B, N] bool (True = real row)."""
-    n = max([len(b) for b in bags] + [0])
-    out = np.zeros((len(bags), n, dim), np.float32)
-    mask = np.zeros((len(bags), n), bool)
-    for i, b in enumerate(bags):
-        out[i, : len(b)] = b
-        mask[i, : len(b)] = True
-    return torch.from_numpy(out), torch.from_numpy(mask)
-
-
 def _sample(bag: np.ndarray, limit: int | None, rng: np.random.Generator | None) -> np.ndarray:
     if limit and len(bag) > limit:
         keep = np.sort((rng or np.random.default_rng()).choice(len(bag), limit, replace=False))
@@ -161,18 +149,10 @@ def make_batch(cohort: Cohort, tokens: FoldFeatures, idx: np.ndarray, present: n
     empty = np.zeros((0, 0), np.float32)
     wsi_bags = [tokens.wsi_bag(_sample(cohort.wsi_bag(int(i)), max_patches, rng)) if cohort.wsi_dim else empty
                 for i in idx]
-    wsi_bag, wsi_mask = pad_bags(wsi_bags, cohort.wsi_dim)
     rpt_dim = cohort.rpt_dim
     rpt_bags = [_sample(tokens.rpt_sentences[i], max_sentences, rng) if rpt_dim else empty for i in idx]
-    rpt_bag, rpt_mask = pad_bags(rpt_bags, rpt_dim)
-    rna = tokens.rna[idx] if tokens.rna.size else np.zeros((len(idx), 0), np.float32)
-    rpt_global = tokens.rpt_global[idx] if rpt_dim else np.zeros((len(idx), 0), np.float32)
-    batch = Batch(
-        present=torch.from_numpy(np.ascontiguousarray(present)).bool(),
-        labels=torch.from_numpy(cohort.labels[idx]),
-        wsi_bag=wsi_bag, wsi_bag_mask=wsi_mask, wsi_local=torch.from_numpy(tokens.wsi[idx]),
-        rna=torch.from_numpy(np.ascontiguousarray(rna)),
-        rpt_bag=rpt_bag, rpt_bag_mask=rpt_mask,
-        rpt_global=torch.from_numpy(np.ascontiguousarray(rpt_global)), rpt_local=torch.from_numpy(tokens.rpt[idx]),
-    )
-    return batch.with_present(batch.present)
+    n = len(idx)
+    return Batch.collate(present, cohort.labels[idx], wsi_bags=wsi_bags, wsi_local=tokens.wsi[idx],
+                         rna=tokens.rna[idx] if tokens.rna.size else np.zeros((n, 0), np.float32), rpt_bags=rpt_bags,
+                         rpt_global=tokens.rpt_global[idx] if rpt_dim else np.zeros((n, 0), np.float32),
+                         rpt_local=tokens.rpt[idx], wsi_dim=cohort.wsi_dim, rpt_dim=rpt_dim)
