@@ -11,8 +11,10 @@ import torch
 
 from mosare.app import demo_brca
 from mosare.app.demo import MODEL_PATH, DemoCase, ensure_demo_cases
-from mosare.inference import Predictor
 from mosare.app.jobs import JobQueue, make_job_queue
+from mosare.errors import MosareError
+from mosare.inference import Predictor
+from mosare.model.checkpoint import CheckpointMeta
 from mosare.text.embed import ReportEmbedder
 from mosare.types import resolve_device
 
@@ -70,16 +72,15 @@ def find_models(dirs: tuple[Path, ...]) -> dict[str, str]:
             continue
         for p in sorted(d.rglob("*.safetensors"))[:500]:
             meta = p.with_suffix(".json")
+            run = p.parents[3].name if len(p.parents) > 3 else p.parent.name  # <run>/checkpoints/<model>/<setting>/
             try:
                 doc = json.loads(meta.read_text(encoding="utf-8"))
-                if not isinstance(doc, dict):
-                    raise ValueError
-            except (OSError, ValueError):  # listed anyway: choosing it shows why it cannot be loaded
-                found[f"unreadable checkpoint · {p.name} · {p.parent.name}"] = str(p)
+                info = CheckpointMeta.from_dict(doc if isinstance(doc, dict) else {}, str(meta))
+            except (OSError, ValueError, MosareError):  # listed anyway: choosing it shows why it cannot be loaded
+                found[f"unreadable checkpoint · {p.name} · {run}"] = str(p)
                 continue
-            run = p.parents[3].name if len(p.parents) > 3 else p.parent.name  # <run>/checkpoints/<model>/<setting>/
-            setting = doc.get("training", doc.get("scenario", "?"))  # "training": one model serves masked-masked/-unmasked
-            label = (f"{doc.get('model', '?')} · {setting} {doc.get('mask_rate', '')} · "
-                     f"fold {doc.get('fold', '?')} · {run}")
+            # "training": one model serves masked-masked and masked-unmasked
+            label = (f"{info.model} · {info.training or '?'} {'' if info.mask_rate is None else info.mask_rate} · "
+                     f"fold {'?' if info.fold is None else info.fold} · {run}")
             found[label] = str(p)
     return found

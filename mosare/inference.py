@@ -16,7 +16,7 @@ from mosare.errors import InputError
 from mosare.io.features import read_features
 from mosare.io.readers import clean_gene_id
 from mosare.io.tables import MAX_CASE_TABLE_BYTES, MAX_CASE_TABLE_ROWS, check_report_text, read_table, to_float
-from mosare.model.checkpoint import load_checkpoint
+from mosare.model.checkpoint import CheckpointMeta, load_checkpoint
 from mosare.text.embed import ReportEmbedder
 from mosare.text.scrub import has_content, scrub, vocabulary_for
 from mosare.text.sentences import split_sentences
@@ -73,9 +73,10 @@ class Predictor:
         self.checkpoint = Path(checkpoint).resolve()  # what a Ray job actor loads in its place (mosare.app.ray_jobs)
         self.device = torch.device(device)
         self.cfg = self.model.cfg
-        self.classes: list[str] = list(self.meta["classes"])
-        self.genes: list[str] = list(self.meta.get("genes", []))
-        text_meta = self.meta.get("text_encoder")
+        self.info = CheckpointMeta.from_dict(self.meta, str(checkpoint))  # the metadata, typed
+        self.classes: list[str] = list(self.info.classes)
+        self.genes: list[str] = list(self.info.genes)
+        text_meta = self.info.text_encoder
         # a report encoder fitted on the training fold (TF-IDF → SVD) travels in the checkpoint; else a sentence model
         self.text_encoder = TfidfSvdEncoder.from_state(self.extras, text_meta) if text_meta else None
 
@@ -179,7 +180,7 @@ class Predictor:
             case.patches, case.coords = sf.features, sf.coords
             present[0] = True
         if report_text is not None and "rpt" in self.cfg.modalities:
-            clean = scrub(report_text, [*vocabulary_for(self.classes), *self.meta.get("scrub_terms", [])]).text
+            clean = scrub(report_text, [*vocabulary_for(self.classes), *self.info.scrub_terms]).text
             if not has_content(clean):
                 raise InputError("the report is empty after removing subtype words")
             if self.text_encoder is not None:
@@ -234,13 +235,13 @@ class Predictor:
     def _calibrate(self, pred: Prediction) -> None:
         """Temperature-scaled probabilities and the conformal prediction set, when the checkpoint carries them
         (fitted on the run's validation split by ``mosare experiment``)."""
-        t, q = self.meta.get("temperature"), self.meta.get("conformal_q")
+        t, q = self.info.temperature, self.info.conformal_q
         if t is None:
             return
         pred.calibrated = apply_temperature(pred.probs[None], float(t))[0]
         if q is not None:
             pred.prediction_set = set_label(prediction_sets(pred.calibrated[None], float(q))[0], self.classes)
-            pred.coverage = 1.0 - float(self.meta.get("conformal_alpha", 0.1))
+            pred.coverage = 1.0 - float(self.info.conformal_alpha)
 
     @torch.no_grad()
     def predict(self, case: Case, present: np.ndarray | None = None) -> Prediction:

@@ -242,7 +242,7 @@ def encoder_for(predictor: Predictor) -> str:
     """The patch encoder a checkpoint's slide features came from: recorded in the checkpoint, else the
     registered encoder with the model's feature size."""
 
-    name = predictor.meta.get("encoder")
+    name = predictor.info.encoder
     if name:
         return str(name)
     dims = {e.dim: e.name for e in reversed(list_encoders())}

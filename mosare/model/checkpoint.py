@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,54 @@ FORMAT = "mosare-checkpoint/1"
 LEGACY_DEFAULTS = {"fusion": "sum", "linear_path": False, "rna_sample_norm": True, "input_dropout": 0.0, "linear_l2": 0.0}
 _EXTRA = "extra."
 _SAVE_ID = "mosare_save_id"
+
+
+@dataclass
+class CheckpointMeta:
+    """The JSON half of a checkpoint, typed (what every reader needs; the rest stays in ``extra``).
+
+    ``training``: the training setting of the run ("complete", "masked-0.3", ...); ``threshold``, ``temperature``,
+    ``conformal_q``: fitted on the run's validation split (None when the run had none); ``test_metrics``: one row
+    per scenario the run was scored on; ``text_encoder``: the fold-fitted TF-IDF encoder's settings (None: a
+    sentence model, ``text_model``)."""
+
+    model: str
+    classes: list[str]
+    config: dict[str, Any]
+    genes: list[str] = field(default_factory=list)
+    encoder: str | None = None
+    text_model: str = ""
+    text_encoder: dict[str, Any] | None = None
+    scrub_terms: list[str] = field(default_factory=list)
+    fold: int | None = None
+    training: str | None = None
+    mask_rate: float | None = None
+    threshold: float | None = None
+    temperature: float | None = None
+    conformal_q: float | None = None
+    conformal_alpha: float = 0.1
+    test_metrics: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], where: str = "checkpoint") -> CheckpointMeta:
+        """One-line CheckpointError when a required key is missing or has the wrong type."""
+        names = {f.name for f in fields(cls)} - {"extra"}
+        if not isinstance(doc.get("model"), str) or not isinstance(doc.get("config"), dict):
+            raise CheckpointError(f"{where}: the checkpoint config lacks its model name or model config")
+        classes = doc.get("classes")
+        if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+            raise CheckpointError(f"{where}: the checkpoint config lists no class names")
+        known = {k: v for k, v in doc.items() if k in names}
+        if "training" not in known and isinstance(doc.get("scenario"), str):  # checkpoints of one scenario
+            known["training"] = doc["scenario"]
+        rows = known.get("test_metrics")
+        known["test_metrics"] = [rows] if isinstance(rows, dict) else list(rows or [])
+        for key in ("genes", "scrub_terms"):
+            known[key] = [str(x) for x in known.get(key) or []]
+        if known.get("conformal_alpha") is None:
+            known.pop("conformal_alpha", None)
+        return cls(**known, extra={k: v for k, v in doc.items() if k not in names})
 
 
 def _stem(path: str | Path) -> Path:
