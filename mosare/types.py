@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,13 +112,14 @@ _MODALITY_FIELDS: dict[str, tuple[str, ...]] = {
 class ModelOutput:
     """What every model (MoSARe and baselines) returns.
 
-    logits [B, K]; probs [B, K]; ``aux`` holds the extra tensors a model's loss needs;
+    logits [B, K]; probs [B, K]; ``aux`` holds the intermediate tensors a model's loss needs (MoSARe:
+    :class:`mosare.model.mosare.Intermediates`; None for the baselines);
     ``attention`` holds the maps the dashboard draws (see :class:`mosare.model.mosare.MoSARe`).
     """
 
     logits: Tensor
     probs: Tensor
-    aux: dict[str, Tensor] = field(default_factory=dict)
+    aux: Any = None
     attention: dict[str, Tensor] = field(default_factory=dict)
 
 

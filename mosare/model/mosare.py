@@ -16,7 +16,7 @@ Where the paper is silent we follow its text; choices are noted inline and in th
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,32 @@ from mosare.model.losses import PrototypeMemory, symmetric_contrastive
 from mosare.model.moe import ActivationGate, SparseMoE
 from mosare.model.reconstruction import DecoupledReconstruction
 from mosare.types import Batch, ModelOutput
+
+
+@dataclass
+class Intermediates:
+    """What MoSARe's loss reads besides the logits (``ModelOutput.aux``); M modalities, H hidden, K classes.
+
+    x_out [B, H] (sum fusion) or [B, 2MH] (concat)   the fused representation before the head
+    cma_g, cma_l [B, M, H]     each modality after cross-modal attention (local: mean of its kept tokens)
+    agg_g, agg_l [B, H]        their sums over modalities (eq. 8)
+    rec_g, rec_l [B, M, H]     every modality decoded from the aggregate (eqs. 11–14)
+    final_g, final_l [B, M, H] observed where present, reconstructed where missing
+    present [B, M] bool        the mask the forward pass used
+    linear [B, M, K]           each modality's linear-path logits (zero where absent or the path is off)
+    """
+
+    x_out: Tensor
+    cma_g: Tensor
+    cma_l: Tensor
+    agg_g: Tensor
+    agg_l: Tensor
+    rec_g: Tensor
+    rec_l: Tensor
+    final_g: Tensor
+    final_l: Tensor
+    present: Tensor
+    linear: Tensor | None = None
 
 
 def _mlp(in_dim: int, hidden: int, layers: int, dropout: float) -> nn.Sequential:
@@ -164,7 +190,7 @@ class MoSARe(SubtypingModel):
         self.head_local = nn.ModuleList(nn.Linear(h, cfg.n_classes) for _ in mods)
         self.prototypes = PrototypeMemory(cfg.n_classes, cfg.prototypes_per_class, out_dim, cfg.prototype_momentum)
 
-    def forward_features(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    def forward_features(self, batch: Batch) -> tuple[Tensor, Intermediates, dict[str, Tensor]]:
         cfg = self.cfg
         if self.training and cfg.input_dropout > 0:  # feature dropout on the expression and report vectors
             batch = replace(batch, rna=F.dropout(batch.rna, cfg.input_dropout),
@@ -241,8 +267,8 @@ class MoSARe(SubtypingModel):
             attention["final_experts"], attention["final_expert_w"] = idx, w
         x_out = self.norm_out(tokens.sum(1) if cfg.fusion == "sum" else tokens.flatten(1))  # [B, H] or [B, 2MH]
 
-        aux = {"x_out": x_out, "cma_g": cma_g, "cma_l": cma_l_vec, "agg_g": agg_g, "agg_l": agg_l,
-               "rec_g": rec_g, "rec_l": rec_l, "final_g": final_g, "final_l": final_l, "present": present}
+        aux = Intermediates(x_out=x_out, cma_g=cma_g, cma_l=cma_l_vec, agg_g=agg_g, agg_l=agg_l, rec_g=rec_g,
+                            rec_l=rec_l, final_g=final_g, final_l=final_l, present=present)
         return x_out, aux, attention
 
     def forward_head(self, x_out: Tensor) -> Tensor:
@@ -275,35 +301,35 @@ class MoSARe(SubtypingModel):
         if self.training and self.cfg.modality_dropout > 0:
             batch = self.hide_modalities(batch)
         x_out, aux, attention = self.forward_features(batch)
-        aux["linear"] = self.linear_logits(batch).to(x_out.dtype)  # [B, M, K]
-        logits = self.forward_head(x_out) + aux["linear"].sum(1)
+        aux.linear = self.linear_logits(batch).to(x_out.dtype)  # [B, M, K]
+        logits = self.forward_head(x_out) + aux.linear.sum(1)
         return ModelOutput(logits=logits, probs=torch.softmax(logits, -1), aux=aux, attention=attention)
 
     def loss(self, batch: Batch, out: ModelOutput, epoch: int) -> tuple[Tensor, dict[str, float]]:
         """Eq. 20: λ1 SymCL + λ2 MCL + λ3 rec + λ4 (cls^G + cls^L + cls^agg); aligning after the warm-up."""
         cfg, a, y = self.cfg, out.aux, batch.labels
-        present = a["present"]
-        cls_g = torch.stack([F.cross_entropy(h(a["final_g"][:, i]), y) for i, h in enumerate(self.head_global)]).mean()
-        cls_l = torch.stack([F.cross_entropy(h(a["final_l"][:, i]), y) for i, h in enumerate(self.head_local)]).mean()
+        present = a.present
+        cls_g = torch.stack([F.cross_entropy(h(a.final_g[:, i]), y) for i, h in enumerate(self.head_global)]).mean()
+        cls_l = torch.stack([F.cross_entropy(h(a.final_l[:, i]), y) for i, h in enumerate(self.head_local)]).mean()
         cls = cls_g + cls_l + F.cross_entropy(out.logits, y)
         zero = out.logits.new_zeros(())
         # the reconstruction target is the observed token, held fixed (stop-gradient): the decoders learn to
         # predict it; the encoders are not pulled toward whatever the decoders can produce
-        rec = (DecoupledReconstruction.loss(a["cma_g"].detach(), a["rec_g"], present)
-               + DecoupledReconstruction.loss(a["cma_l"].detach(), a["rec_l"], present)) if cfg.use_recon else zero
+        rec = (DecoupledReconstruction.loss(a.cma_g.detach(), a.rec_g, present)
+               + DecoupledReconstruction.loss(a.cma_l.detach(), a.rec_l, present)) if cfg.use_recon else zero
         symcl = mcl = zero
         if cfg.use_align and epoch >= self.align_from_epoch:
-            terms = [symmetric_contrastive(a[f"cma_{lv}"][:, i], a[f"agg_{lv}"], present[:, i], cfg.symcl_temperature)
+            terms = [symmetric_contrastive(getattr(a, f"cma_{lv}")[:, i], getattr(a, f"agg_{lv}"), present[:, i], cfg.symcl_temperature)
                      for lv in ("g", "l") for i in range(len(cfg.modalities))]
             symcl = torch.stack(terms).mean()  # eq. 16
-            mcl = self.prototypes.loss(a["x_out"], y, cfg.mcl_temperature)
+            mcl = self.prototypes.loss(a.x_out, y, cfg.mcl_temperature)
         l1, l2, l3, l4 = cfg.lambdas
         total = l1 * symcl + l2 * mcl + l3 * rec + l4 * cls
         if self.linear is not None and cfg.linear_l2 > 0:  # ridge penalty of the linear path (a logistic regression's L2)
             total = total + cfg.linear_l2 * sum(lin[1].weight.pow(2).sum() for lin in self.linear.values())
         uni = zero
         if self.linear is not None and cfg.linear_aux > 0:  # each modality's linear path also classifies on its own
-            uni = torch.stack([F.cross_entropy(a["linear"][present[:, i], i], y[present[:, i]])
+            uni = torch.stack([F.cross_entropy(a.linear[present[:, i], i], y[present[:, i]])
                                for i in range(len(cfg.modalities)) if present[:, i].any()]).mean()
             total = total + cfg.linear_aux * uni
         parts = {"cls": cls, "rec": rec, "symcl": symcl, "mcl": mcl, "uni": uni}
@@ -315,4 +341,4 @@ class MoSARe(SubtypingModel):
 
     def on_batch_end(self, batch: Batch, out: ModelOutput, epoch: int) -> None:
         if self.cfg.use_align:
-            self.prototypes.update(out.aux["x_out"], batch.labels)
+            self.prototypes.update(out.aux.x_out, batch.labels)

@@ -32,7 +32,7 @@ def test_shapes_and_finite_losses_for_every_subset(subset):
     out = model(batch)
     assert out.logits.shape == (b, 3) and out.probs.shape == (b, 3)
     assert torch.allclose(out.probs.sum(-1), torch.ones(b))
-    assert out.aux["x_out"].shape == (b, 2 * 3 * CFG.hidden)  # default fusion: the 2M final tokens concatenated
+    assert out.aux.x_out.shape == (b, 2 * 3 * CFG.hidden)  # default fusion: the 2M final tokens concatenated
     loss, parts = model.loss(batch, out, epoch=5)
     assert torch.isfinite(loss)
     assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())
@@ -97,7 +97,7 @@ def test_reconstruction_fills_only_missing_modalities():
     out = model(random_batch(CFG, b, present=present, seed=4))
     a = out.aux
     for level in ("g", "l"):
-        final, observed, recon = a[f"final_{level}"], a[f"cma_{level}"], a[f"rec_{level}"]
+        final, observed, recon = (getattr(a, f"{k}_{level}") for k in ("final", "cma", "rec"))
         for i in range(b):
             for m in range(3):
                 expected = observed[i, m] if present[i, m] else recon[i, m]
@@ -221,8 +221,8 @@ def test_unimodal_linear_loss_is_each_present_modalitys_own_cross_entropy():
     batch = random_batch(model.cfg, 4, present=present)
     model.eval()  # no dropout: the linear logits are deterministic
     out = model(batch)
-    lin = out.aux["linear"]  # [B, M, K]
-    assert torch.all(lin[~present] == 0) and torch.allclose(out.logits, model.forward_head(out.aux["x_out"]) + lin.sum(1))
+    lin = out.aux.linear  # [B, M, K]
+    assert torch.all(lin[~present] == 0) and torch.allclose(out.logits, model.forward_head(out.aux.x_out) + lin.sum(1))
     by_hand = torch.stack([torch.nn.functional.cross_entropy(lin[present[:, i], i], batch.labels[present[:, i]])
                            for i in range(3)]).mean()
     total, parts = model.loss(batch, out, epoch=0)
