@@ -17,7 +17,8 @@ from mosare.app import demo_brca
 from mosare.app.demo import MODEL_PATH
 from mosare.errors import MosareError
 from mosare.io.tables import decode_text
-from mosare.app.workbench import MODALITY_NAMES, analyse, load_case, modality_status, store_upload
+from mosare.app.workbench import (MODALITY_NAMES, analyse, confined_slide, load_case, modality_status, server_slides,
+                                  store_upload)
 
 SLIDE_TYPES = ["svs", "tif", "tiff", "ndpi", "scn", "svslide", "bif", "vms", "vmu", "mrxs", "dcm", "png", "jpg", "jpeg", "h5", "pt"]
 settings = Settings.from_env()
@@ -115,9 +116,8 @@ with tab_upload:
     with st.form("upload"):
         slide_file = st.file_uploader("Slide (any OpenSlide format) or its patch-feature file (.h5 / .pt)", type=SLIDE_TYPES)
         server_slide = None
-        if settings.slide_root and settings.slide_root.is_dir():
-            names = sorted(p.relative_to(settings.slide_root).as_posix() for p in settings.slide_root.rglob("*")
-                           if p.is_file() and p.suffix.lower().lstrip(".") in SLIDE_TYPES)[:2000]
+        names = server_slides(settings.slide_root, tuple(SLIDE_TYPES))
+        if names:
             server_slide = st.selectbox(f"…or a slide from the server folder ({settings.slide_root.name})", ["—", *names])
         rna_file = st.file_uploader("RNA-seq table (CSV/TSV, one case: genes as columns, or gene,value rows)",
                                     type=["csv", "tsv", "txt", "gz"])
@@ -136,10 +136,7 @@ with tab_upload:
                 else:
                     slide_path = stored
             elif server_slide and server_slide != "—":
-                candidate = (settings.slide_root / server_slide).resolve()
-                if settings.slide_root not in candidate.parents:  # confined to the configured folder
-                    raise MosareError("that slide lies outside the configured slide folder")
-                slide_path = candidate
+                slide_path = confined_slide(settings.slide_root, server_slide)
             if rna_file is not None:
                 rna_path = store_upload(rna_file.getvalue(), "".join(Path(rna_file.name).suffixes[-2:]), settings.cache_dir)
                 aliases[rna_path.name] = rna_file.name

@@ -138,6 +138,22 @@ def store_upload(data: bytes, suffix: str, cache_dir: str | Path) -> Path:
     return path
 
 
+def server_slides(root: Path | None, suffixes: tuple[str, ...], limit: int = 2000) -> list[str]:
+    """Slide files under the server's slide folder, as paths relative to it (sorted, at most ``limit``)."""
+    if root is None or not root.is_dir():
+        return []
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p.suffix.lower().lstrip(".") in suffixes)[:limit]
+
+
+def confined_slide(root: Path, name: str) -> Path:
+    """``root / name`` resolved; InputError when it lies outside ``root`` (``..``, absolute paths, symlinks out)."""
+    candidate = (root / name).resolve()
+    if root.resolve() not in candidate.parents:
+        raise InputError("that slide lies outside the configured slide folder")
+    return candidate
+
+
 @dataclass(frozen=True)
 class SlideArtifacts:
     """What decoding a slide leaves in the cache: its patch features and a thumbnail for the heatmap."""
