@@ -11,13 +11,15 @@ at a time and keeping what jobs need loaded: a :class:`~mosare.inference.Predict
 model folder) and the actor uses its own copy, loaded on its first job and kept (least recently used first out)
 for the next. Paths (checkpoints, slides, the cache folder) must therefore mean the same on the dashboard's host
 and the cluster's nodes (a shared filesystem). ``on_progress`` callbacks are polled from the actor and called
-here. Arguments and results are pickled whole, so arrays come back writable, as from the local queue.
+here. Arguments, results and exceptions travel by Ray's own serialisation (the cluster is trusted: token
+authentication, see the README); results are copied on arrival, so arrays come back writable (Ray hands out
+read-only zero-copy views), as from the local queue.
 """
 
 from __future__ import annotations
 
+import copy
 import os
-import pickle
 import socket
 import uuid
 from collections import OrderedDict
@@ -27,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import ray
-import ray.cloudpickle as cloudpickle
 import torch
 
 from mosare.app.jobs import OOM_MESSAGE, BoundedQueue, GpuMemoryError, free_accelerator_memory, is_out_of_memory
@@ -63,14 +64,14 @@ def to_refs(value: Any) -> Any:
     return value
 
 
-def _portable(err: Exception) -> bytes:
-    """The exception pickled, or a MosareError with its one-line message when it does not survive pickling."""
+def _portable(err: Exception) -> Exception:
+    """The exception, or a MosareError with its one-line message when it cannot be rebuilt on the other side (an
+    exception class whose ``__init__`` does not take its ``args`` fails there; a copy fails the same way here)."""
     try:
-        blob = cloudpickle.dumps(err)
-        pickle.loads(blob)
-        return blob
+        copy.deepcopy(err)
+        return err
     except Exception:  # noqa: BLE001 - any exception type may come out of a job
-        return cloudpickle.dumps(MosareError(f"{type(err).__name__}: {one_line(err)}"))
+        return MosareError(f"{type(err).__name__}: {one_line(err)}")
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0, concurrency_groups={"status": 2})
@@ -100,15 +101,14 @@ class JobActor:
             return self._embedders[value]
         return value
 
-    def run(self, job_id: str, blob: bytes, progress: bool) -> tuple[str, bytes | str]:
-        """-> ("ok", pickled result) | ("error", pickled exception) | ("oom", message)."""
+    def run(self, job_id: str, fn: Callable[..., Any], args: list, kwargs: dict, progress: bool) -> tuple[str, Any]:
+        """-> ("ok", result) | ("error", exception) | ("oom", message)."""
         try:
-            fn, args, kwargs = pickle.loads(blob)
             args = [self._resolve(a) for a in args]
             kwargs = {k: self._resolve(v) for k, v in kwargs.items()}
             if progress:
                 kwargs["on_progress"] = lambda *values: self._progress.__setitem__(job_id, values)
-            return "ok", cloudpickle.dumps(fn(*args, **kwargs))
+            return "ok", fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - reported to the caller, the actor stays up
             if not is_out_of_memory(err):
                 return "error", _portable(err)
@@ -155,9 +155,9 @@ class RayJobQueue(BoundedQueue):
             self._load[i] += 1
         try:
             on_progress = kwargs.pop("on_progress", None)
-            blob = cloudpickle.dumps((fn, [to_refs(a) for a in args], {k: to_refs(v) for k, v in kwargs.items()}))
             job_id = uuid.uuid4().hex
-            ref = self._actors[i].run.remote(job_id, blob, on_progress is not None)
+            ref = self._actors[i].run.remote(job_id, fn, [to_refs(a) for a in args],
+                                             {k: to_refs(v) for k, v in kwargs.items()}, on_progress is not None)
             future = self._waiters.submit(self._wait, i, job_id, ref, on_progress)
         except BaseException:
             self._release_actor(i)
@@ -187,10 +187,10 @@ class RayJobQueue(BoundedQueue):
         except ray.exceptions.RayError as err:
             raise MosareError(f"the job failed on the Ray cluster: {one_line(err)}") from None
         if kind == "ok":
-            return pickle.loads(payload)
+            return copy.deepcopy(payload)  # writable arrays, not Ray's read-only views
         if kind == "oom":
             raise GpuMemoryError(payload)
-        raise pickle.loads(payload)
+        raise payload
 
     def actors(self) -> list[dict]:
         """Each actor's node, device, loaded checkpoints and jobs done."""
