@@ -69,11 +69,11 @@ class Predictor:
     """A loaded checkpoint plus what is needed to turn raw inputs into a batch."""
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "cpu") -> None:
-        self.model, self.meta, self.extras = load_checkpoint(checkpoint, device)
+        self.model, meta, self.extras = load_checkpoint(checkpoint, device)
         self.checkpoint = Path(checkpoint).resolve()  # what a Ray job actor loads in its place (mosare.app.ray_jobs)
         self.device = torch.device(device)
         self.cfg = self.model.cfg
-        self.info = CheckpointMeta.from_dict(self.meta, str(checkpoint))  # the metadata, typed
+        self.info = CheckpointMeta.from_dict(meta, str(checkpoint))  # the checkpoint's metadata, typed
         self.classes: list[str] = list(self.info.classes)
         self.genes: list[str] = list(self.info.genes)
         text_meta = self.info.text_encoder

@@ -166,7 +166,7 @@ def test_a_tfidf_checkpoint_embeds_a_new_report_as_its_training_fold_did(tmp_pat
     run_experiment(cohort, cfg, tmp_path, progress=False)
     ckpt = tmp_path / "checkpoints" / "text" / "complete-0" / "fold0.safetensors"
     predictor = Predictor(ckpt)
-    assert predictor.text_encoder is not None and predictor.meta["text_encoder"]["name"] == "tfidf-svd"
+    assert predictor.text_encoder is not None and predictor.info.text_encoder["name"] == "tfidf-svd"
     case = predictor.make_case(report_text=cohort.rpt_texts[0])
     fold = experiment_fold_features(cohort, cfg, k=0)
     np.testing.assert_allclose(case.report_emb, fold.rpt_global[0], rtol=1e-3, atol=1e-3)
