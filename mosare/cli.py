@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scrub-terms", type=_csv(str), default=(), help="extra words removed from reports")
     e.add_argument("--config", type=Path, help="YAML/JSON ExperimentConfig; command-line flags override it")
     e.add_argument("--batch-size", type=_positive, default=None)
-    e.add_argument("--patience", type=_positive, default=None, help="early-stopping patience in epochs (validation AUC)")
+    e.add_argument("--selection", choices=("last", "best"), default=None,
+                   help="last (default): the whole warm-up + cosine schedule; best: the epoch of lowest validation loss")
+    e.add_argument("--patience", type=_positive, default=None,
+                   help="with --selection best: epochs without a lower validation loss before stopping")
     e.add_argument("--lr", type=float, default=None)
     e.add_argument("--hidden", type=_positive, default=None, help="hidden size D of every model (default 256)")
     e.add_argument("--workers", type=_positive, default=1,
@@ -170,7 +173,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                                "text_encoder": args.text_encoder}.items() if v is not None}
     cfg = replace(cfg, complete_only=args.complete_only or cfg.complete_only, **over)
     tover = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "patience": args.patience,
-                                "device": args.device, "seed": args.seed, "lr": args.lr}.items() if v is not None}
+                                "selection": args.selection, "device": args.device, "seed": args.seed,
+                                "lr": args.lr}.items() if v is not None}
     cfg = replace(cfg, train=replace(cfg.train, **tover))
     if args.hidden:
         cfg = replace(cfg, model=replace(cfg.model, hidden=args.hidden))

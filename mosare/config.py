@@ -52,9 +52,11 @@ class ModelConfig:
     rna_sample_norm: bool = False  # LayerNorm each expression vector over its genes (already z-scored per gene) [True]
     input_dropout: float = 0.2  # dropout on the expression and report vectors while training [0]
     modality_dropout: float = 0.0  # while training, hide each present modality of a case with this probability [0]
-    linear_l2: float = 0.1  # L2 penalty on the linear path's weights, added to the loss (its ridge)
+    linear_l2: float = 0.03  # L2 penalty on the linear path's weights, added to the loss (its ridge)
     linear_lr_scale: float = 30.0  # the linear path's learning rate as a multiple of the run's lr (bench/sweep.py)
-    linear_aux: float = 0.0  # weight of each modality's own cross-entropy on its linear logits (unimodal supervision)
+    linear_aux: float = 1.0  # weight of each modality's own cross-entropy on its linear logits (unimodal supervision)
+    linear_detach: bool = True  # the fused loss does not train the linear path, only linear_aux does: each modality's
+    # linear path is its own logistic regression, and the network learns what they leave (bench/selection.py)
     # ablation switches (paper Tables 4–5)
     use_cma: bool = True
     use_moe: bool = True
@@ -89,6 +91,8 @@ class ModelConfig:
             raise MosareError("modality_dropout must lie in [0, 1)")
         if self.linear_aux < 0:
             raise MosareError("linear_aux must be >= 0")
+        if self.linear_path and self.linear_detach and not self.linear_aux > 0:
+            raise MosareError("linear_detach needs linear_aux > 0 (else nothing trains the linear path)")
         if not self.linear_lr_scale > 0:
             raise MosareError("linear_lr_scale must be > 0")
 
@@ -103,8 +107,10 @@ class TrainConfig:
 
     AdamW with a linear warm-up over ``warmup_epochs`` then cosine decay to zero at ``epochs``. The aligning
     losses (SymCL, MCL) start at ``align_warmup``: a fraction of the run when < 1, an epoch number when >= 1.
-    The selected epoch is the one with the lowest validation loss (cross-entropy over every validation case,
-    far less noisy than AUC over ~30 positives), with early stopping after ``patience`` epochs without one.
+    ``selection`` "last" (the default) keeps the weights at the end of the schedule: no per-fold epoch choice, so
+    nothing rides on ~30 validation positives, and the refit runs the whole annealed schedule. "best" keeps the
+    epoch of lowest temperature-scaled validation cross-entropy, stopping after ``patience`` epochs without one.
+    ``bench/selection.py`` compared the two on held-out halves of the validation splits (README "Training").
     """
 
     epochs: int = 20
@@ -113,9 +119,11 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: int = 2
     align_warmup: float = 0.25  # fraction of the run (< 1) or epoch (>= 1) at which SymCL and MCL switch on
-    patience: int = 10  # epochs without a lower validation loss before stopping
+    patience: int = 10  # epochs without a lower validation loss before stopping (selection "best")
+    selection: str = "last"  # "last": the whole schedule (bench/selection.py); "best": lowest validation loss
     val_fraction: float = 0.2
     refit: bool = True  # after selection, retrain on training + validation split for the selected number of epochs
+    # (the validation split still fits the temperature, threshold and conformal sets, from the selection run)
     max_patches: int = 2048  # patches sampled per slide when training; all at inference
     max_sentences: int = 64  # sentences sampled per report bag when training (baselines' text bags); all at inference
     device: str = "auto"
@@ -126,6 +134,7 @@ class TrainConfig:
                   (self.lr is None or 0 < self.lr < 1, "lr must lie in (0, 1)"), (self.weight_decay >= 0, "weight_decay must be >= 0"),
                   (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"), (self.align_warmup >= 0, "align_warmup must be >= 0"),
                   (self.patience >= 1, "patience must be at least 1"), (0 < self.val_fraction < 1, "val_fraction must lie in (0, 1)"),
+                  (self.selection in ("best", "last"), f"selection must be 'best' or 'last', got {self.selection!r}"),
                   (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"unknown device {self.device!r}")]
         for ok, msg in checks:
             if not ok:

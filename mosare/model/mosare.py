@@ -157,9 +157,10 @@ class MoSARe(SubtypingModel):
 
     Where the defaults depart from the paper (each a ModelConfig field; ``mosare-paper`` restores the paper):
     X_out is the LayerNorm of the *concatenated* 2M final tokens (paper: of their sum); a per-modality linear
-    path with a ridge penalty adds W_m x_m to the logits; the expression vector is not LayerNorm'd per sample
-    (it is z-scored per gene with training-fold statistics); feature dropout on the expression and report
-    vectors while training.
+    path with a ridge penalty adds W_m x_m to the logits — by default (``linear_detach``) each W_m is trained only by
+    its own modality's cross-entropy, as a logistic regression of its own, and the network learns the rest; the
+    expression vector is not LayerNorm'd per sample (it is z-scored per gene with training-fold statistics);
+    feature dropout on the expression and report vectors while training.
     """
 
     name = "mosare"
@@ -302,7 +303,8 @@ class MoSARe(SubtypingModel):
             batch = self.hide_modalities(batch)
         x_out, aux, attention = self.forward_features(batch)
         aux.linear = self.linear_logits(batch).to(x_out.dtype)  # [B, M, K]
-        logits = self.forward_head(x_out) + aux.linear.sum(1)
+        linear = aux.linear.detach() if self.cfg.linear_detach else aux.linear  # linear_detach: trained by linear_aux only
+        logits = self.forward_head(x_out) + linear.sum(1)
         return ModelOutput(logits=logits, probs=torch.softmax(logits, -1), aux=aux, attention=attention)
 
     def loss(self, batch: Batch, out: ModelOutput, epoch: int) -> tuple[Tensor, dict[str, float]]:

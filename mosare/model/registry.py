@@ -24,7 +24,8 @@ def _ablation(name: str, **switches: bool) -> type[MoSARe]:
 
 # The paper's architecture as published (sum fusion, per-sample LayerNorm of the expression vector, no linear path);
 # `mosare` departs from it where BRCA validation said so (see ModelConfig and the README).
-PAPER = _ablation("mosare-paper", fusion="sum", linear_path=False, rna_sample_norm=True, input_dropout=0.0)
+PAPER = _ablation("mosare-paper", fusion="sum", linear_path=False, rna_sample_norm=True, input_dropout=0.0,
+                  linear_aux=0.0, linear_detach=False)
 PAPER.__doc__ = "MoSARe exactly as the paper describes it (the faithful architecture)."
 
 ABLATIONS: dict[str, type[MoSARe]] = {

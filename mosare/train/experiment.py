@@ -1,8 +1,9 @@
 """``mosare experiment``: every model × scenario × mask rate × fold, with honest model selection.
 
 Per fold: a validation split is carved from the training fold; the report encoder, local-token prototypes and
-RNA statistics are fitted on the training fold; each run selects its epoch on validation loss and its decision
-threshold on validation F1; the test fold is scored once, afterwards.
+RNA statistics are fitted on the training fold; each run trains the whole schedule (``train.selection`` "last", the
+default) or keeps the epoch of lowest validation loss ("best"), and fits its decision threshold on validation F1
+and its temperature on validation loss; the test fold is scored once, afterwards.
 
 Scenarios that train the same model share one run: ``masked-masked`` and ``masked-unmasked`` differ only in
 the test presence mask, so one model trained on the masked training fold (checkpoint ``masked-<rate>``) is
@@ -11,10 +12,10 @@ scored on both. Each run writes ``checkpoints/<model>/<train>-<rate>/fold<k>.saf
 subsets.csv (AUC per modality subset of the test cases), predictions.csv (every test case of every run: raw and
 temperature-scaled probabilities, conformal prediction set), runs.csv, history.csv and summary.md.
 
-With ``train.refit`` (the default) the selected number of epochs is retrained on training + validation split
-from the same initialisation, and that model is scored and saved: selection needs held-out cases, but throwing a
-fifth of the training fold away for the final model costs accuracy (scikit-learn's refit after a search does the
-same). The threshold, temperature and conformal quantile come from the selection run's validation predictions.
+With ``train.refit`` (the default) the selected number of epochs (with "last": the whole schedule) is retrained on
+training + validation split from the same initialisation, and that model is scored and saved: selection needs
+held-out cases, but throwing a fifth of the training fold away for the final model costs accuracy (scikit-learn's
+refit after a search does the same). The threshold, temperature and conformal quantile come from the selection run's validation predictions.
 """
 
 from __future__ import annotations

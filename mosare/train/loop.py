@@ -11,6 +11,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,9 +138,11 @@ def _prepare(model: SubtypingModel, cfg: TrainConfig, device: torch.device) -> n
 
 def fit(model: SubtypingModel, cohort: Cohort, tokens: FoldFeatures, train_idx: np.ndarray, val_idx: np.ndarray,
         present: np.ndarray, cfg: TrainConfig, device: torch.device, desc: str = "train",
-        progress: bool = True) -> FitResult:
+        progress: bool = True, on_epoch: Callable[[int, np.ndarray], None] | None = None) -> FitResult:
     """AdamW with warm-up + cosine decay on the training split; keeps the weights of the epoch with the lowest
-    validation loss and stops after ``cfg.patience`` epochs without a new lowest. Loads those weights.
+    validation loss and stops after ``cfg.patience`` epochs without a new lowest, then loads those weights
+    (``cfg.selection == "best"``); or runs the whole schedule and keeps the last weights (``"last"``).
+    ``on_epoch(epoch, val_probs)`` sees each epoch's validation probabilities [N_val, K].
 
     The validation loss is the temperature-scaled cross-entropy (:func:`calibrated_nll`): every validation case
     counts, and over-confidence, which a temperature removes, does not decide the epoch."""
@@ -164,12 +167,14 @@ def fit(model: SubtypingModel, cohort: Cohort, tokens: FoldFeatures, train_idx: 
                "seconds": time.perf_counter() - t0,
                "samples_per_s": len(train_idx) / max(train_s, 1e-9)}
         history.append(row)
-        if val_loss < best_loss:
+        if on_epoch is not None:
+            on_epoch(epoch, val_probs)
+        if cfg.selection == "last" or val_loss < best_loss:
             best_loss, best_auc, best_epoch = val_loss, val_auc, epoch
             best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{row.get('train_loss', float('nan')):.3f}", val_loss=f"{val_loss:.3f}",
                         val_auc=f"{val_auc:.1f}", best=best_epoch, cases_s=f"{row['samples_per_s']:.0f}")
-        if epoch - best_epoch >= cfg.patience:
+        if cfg.selection == "best" and epoch - best_epoch >= cfg.patience:
             break
     model.load_state_dict(best_state)
     return FitResult(best_epoch, float(best_auc), len(history), time.perf_counter() - start, history, float(best_loss))

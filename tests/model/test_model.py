@@ -227,5 +227,20 @@ def test_unimodal_linear_loss_is_each_present_modalitys_own_cross_entropy():
                            for i in range(3)]).mean()
     total, parts = model.loss(batch, out, epoch=0)
     assert parts["uni"] == pytest.approx(float(by_hand), rel=1e-5)
-    total_off, parts_off = _model(replace(CFG, linear_aux=0.0)).eval().loss(batch, out, epoch=0)
+    total_off, parts_off = _model(replace(CFG, linear_aux=0.0, linear_detach=False)).eval().loss(batch, out, epoch=0)
     assert parts_off["uni"] == 0 and float(total - total_off) == pytest.approx(2.0 * float(by_hand), rel=1e-4)
+
+
+def test_detached_linear_path_is_trained_by_its_own_cross_entropy_only():
+    """``linear_detach``: the fused logits still add the linear logits, but only the unimodal term trains them."""
+    present = torch.tensor([[True, True, False], [False, True, True], [True, False, True], [True, True, True]])
+    for detach in (False, True):
+        model = _model(replace(CFG, linear_aux=1.0, linear_detach=detach, linear_l2=0.0)).eval()
+        batch = random_batch(model.cfg, 4, present=present)
+        out = model(batch)
+        torch.testing.assert_close(out.logits, model.forward_head(out.aux.x_out) + out.aux.linear.sum(1))
+        fused = torch.nn.functional.cross_entropy(out.logits, batch.labels)
+        grad = torch.autograd.grad(fused, model.linear["rna"][1].weight, allow_unused=True)[0]
+        assert (grad is None) == detach  # the fused loss reaches the linear path only when not detached
+    with pytest.raises(Exception, match="linear_detach needs"):
+        replace(CFG, linear_aux=0.0, linear_detach=True)  # nothing would train the linear path

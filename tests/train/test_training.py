@@ -16,6 +16,7 @@ from helpers import rna_cohort
 from mosare.train.data import fit_fold_features
 from mosare.train.experiment import model_config_for, run_experiment
 from mosare.train.loop import fit, predict_probs
+from mosare.train.metrics import auc
 from mosare.train.splits import make_scenario, mask_modalities, patient_folds, train_val_split
 
 
@@ -63,8 +64,8 @@ def _fit_fold0(cohort: Cohort, name: str, folds):
     tokens = fit_fold_features(cohort, train_all, 16, seed=0)
     torch.manual_seed(0)
     model = build_model(name, model_config_for(cohort, ModelConfig(hidden=16, gene_token_dim=4)))
-    res = fit(model, cohort, tokens, tr, va, cohort.present, TrainConfig(epochs=8, batch_size=16, lr=1e-3, patience=8,
-                                                                        align_warmup=2), torch.device("cpu"), progress=False)
+    cfg = TrainConfig(epochs=8, batch_size=16, lr=1e-3, patience=8, align_warmup=2, selection="best")
+    res = fit(model, cohort, tokens, tr, va, cohort.present, cfg, torch.device("cpu"), progress=False)
     probs = predict_probs(model, cohort, tokens, test_idx, cohort.present, torch.device("cpu"))
     return res, model.state_dict(), probs, test_idx
 
@@ -84,6 +85,26 @@ def test_test_fold_labels_do_not_influence_model_selection(name):
     np.testing.assert_array_equal(probs1, probs2)
 
 
+def test_selection_last_runs_the_whole_schedule_and_keeps_its_end():
+    """``selection="last"`` ignores patience and validation loss: every epoch runs, the final weights are kept,
+    and ``on_epoch`` sees each epoch's validation probabilities."""
+    from mosare.model.registry import build_model
+
+    cohort = rna_cohort()
+    train_all, _ = patient_folds(cohort.labels, 3, seed=0)[0]
+    tr, va = train_val_split(train_all, cohort.labels, 0.25, seed=0)
+    tokens = fit_fold_features(cohort, train_all, 16, seed=0)
+    model = build_model("snn", model_config_for(cohort, ModelConfig(hidden=16)))
+    seen: list[tuple[int, tuple]] = []
+    cfg = TrainConfig(epochs=5, batch_size=16, lr=1e-3, patience=1, selection="last")
+    res = fit(model, cohort, tokens, tr, va, cohort.present, cfg, torch.device("cpu"), progress=False,
+              on_epoch=lambda e, p: seen.append((e, p.shape)))
+    assert res.epochs_run == 5 and res.best_epoch == 4
+    assert seen == [(e, (len(va), 2)) for e in range(5)]
+    last = predict_probs(model, cohort, tokens, va, cohort.present, torch.device("cpu"))
+    np.testing.assert_allclose(res.history[-1]["val_auc"], auc(cohort.labels[va], last))
+
+
 def test_experiment_selection_ignores_test_labels_and_writes_outputs(tmp_path, monkeypatch):
     """The whole runner: flipping fold 0's test labels must not change fold 0's selected epochs."""
     import mosare.train.experiment as experiment
@@ -95,7 +116,8 @@ def test_experiment_selection_ignores_test_labels_and_writes_outputs(tmp_path, m
     cfg = ExperimentConfig(classes=("A", "B"), folds=3, models=("mosare", "snn", "abmil"),
                            scenarios=("complete", "masked-unmasked"), mask_rates=(0.3,),
                            model=ModelConfig(hidden=16, gene_token_dim=4),
-                           train=TrainConfig(epochs=4, batch_size=16, lr=1e-3, align_warmup=1, device="cpu"))
+                           train=TrainConfig(epochs=4, batch_size=16, lr=1e-3, align_warmup=1, device="cpu",
+                                             selection="best"))
     m1 = run_experiment(cohort, cfg, tmp_path / "a", progress=False)
     test0 = folds[0][1]
     flipped = copy.copy(cohort)
