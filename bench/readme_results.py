@@ -178,11 +178,17 @@ def main() -> None:
                 "The sweep was stopped when the results run had to start: `mosare` has folds 0–1, the other "
                 "models fold 0 (and `mosare-paper` fold 1 at 1e-4). Defaults, by lowest validation loss: `mosare` "
                 "1e-4, `snn` 1e-3, `text` 3e-4; `mosare-paper` shares `mosare`'s 1e-4 (its fold-0 minimum was at "
-                "3e-4: a thin basis, said so here).", ""] + sweep(r / "lr-sweep") + [""]
+                "3e-4: a thin basis, said so here). It ran with per-fold early stopping (`--selection best`, the default "
+                "then).", ""] + sweep(r / "lr-sweep") + [""]
     lls = r / "lr-sweep" / "linear-lr-scale.md"
     if lls.is_file():
         body = lls.read_text(encoding="utf-8").split("\n", 2)[2].strip()
         out += ["#### The linear path's step size (validation splits only; `assets/results/lr-sweep/linear-lr-scale.md`)",
+                "", body, ""]
+    sel = r / "selection" / "README.md"
+    if sel.is_file():
+        body = sel.read_text(encoding="utf-8").split("\n", 2)[2].strip()
+        out += ["#### Which epoch to keep (validation splits only; `bench/selection.py`, `assets/results/selection/`)",
                 "", body, ""]
     text = a.readme.read_text(encoding="utf-8")
     if BEGIN not in text or END not in text:
