@@ -16,7 +16,8 @@ settings = Settings.from_env()
 st.title("Scenarios")
 st.caption("masked: a modality is hidden at random for a share of cases; removed: those cases are dropped; "
            "the second word is the test set (unmasked = complete test data). Mean ± std over folds; "
-           "AUC from probabilities, model selection on a validation split inside each training fold.")
+           "AUC from probabilities; temperature, threshold and conformal sets fitted on a validation split inside "
+           "each training fold, never on the test fold.")
 SHIPPED = {"experiment": "synthetic demo", "ablations": "synthetic demo: MoSARe ablations",
            "tcga-brca": "TCGA-BRCA IDC vs ILC (union cohort)", "tcga-brca-table2": "TCGA-BRCA: Table 2 (complete-only)",
            "tcga-brca-ablations": "TCGA-BRCA: ablations (complete-only)"}

@@ -275,20 +275,26 @@ class MoSARe(SubtypingModel):
     def forward_head(self, x_out: Tensor) -> Tensor:
         return self.head(x_out)
 
-    def linear_logits(self, batch: Batch) -> Tensor:
+    def linear_logits(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Each modality's linear logits W_m x_m + b_m [B, M, K] on its input vector (mean patch feature, expression,
-        report vector), zero where the modality is absent; their sum over M is added to the head's logits."""
+        report vector), zero where the modality is absent, twice: as trained by ``linear_aux``, and as added to the
+        head's logits — the same numbers, but with ``linear_detach`` the weights are cut from the fused loss's graph
+        (the inputs are not, so gradient attributions still see the linear path)."""
         out = batch.labels.new_zeros((batch.size, len(self.cfg.modalities), self.cfg.n_classes), dtype=torch.float32)
         if self.linear is None:
-            return out
+            return out, out
+        fused = out.clone()
         for i, m in enumerate(self.cfg.modalities):
             if m == "wsi":
                 mask = batch.wsi_bag_mask[..., None].float()
                 x = (batch.wsi_bag * mask).sum(1) / mask.sum(1).clamp(min=1)
             else:
                 x = batch.rna if m == "rna" else batch.rpt_global
-            out[:, i] = self.linear[m](x) * batch.present[:, MODALITIES.index(m), None]
-        return out
+            drop, layer = self.linear[m]
+            x, here = drop(x), batch.present[:, MODALITIES.index(m), None]
+            out[:, i] = F.linear(x, layer.weight, layer.bias) * here
+            fused[:, i] = F.linear(x, layer.weight.detach(), layer.bias.detach()) * here
+        return out, (fused if self.cfg.linear_detach else out)
 
     def hide_modalities(self, batch: Batch) -> Batch:
         """Modality dropout while training (``modality_dropout``): each present modality of a case is hidden with
@@ -302,9 +308,9 @@ class MoSARe(SubtypingModel):
         if self.training and self.cfg.modality_dropout > 0:
             batch = self.hide_modalities(batch)
         x_out, aux, attention = self.forward_features(batch)
-        aux.linear = self.linear_logits(batch).to(x_out.dtype)  # [B, M, K]
-        linear = aux.linear.detach() if self.cfg.linear_detach else aux.linear  # linear_detach: trained by linear_aux only
-        logits = self.forward_head(x_out) + linear.sum(1)
+        linear, fused = self.linear_logits(batch)  # [B, M, K] each
+        aux.linear = linear.to(x_out.dtype)
+        logits = self.forward_head(x_out) + fused.to(x_out.dtype).sum(1)
         return ModelOutput(logits=logits, probs=torch.softmax(logits, -1), aux=aux, attention=attention)
 
     def loss(self, batch: Batch, out: ModelOutput, epoch: int) -> tuple[Tensor, dict[str, float]]:

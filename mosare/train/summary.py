@@ -51,8 +51,9 @@ def summarise(metrics: pd.DataFrame, not_applicable: dict[str, str] | None = Non
               subsets: pd.DataFrame | None = None) -> str:
     not_applicable = not_applicable or {}
     models = list(dict.fromkeys(metrics["model"]))
-    lines = ["# Results", "", "Metrics in percent, mean ± std over test folds; model selection on a validation "
-             "split of each training fold. NA = not applicable.", ""]
+    lines = ["# Results", "", "Metrics in percent, mean ± std over test folds; temperature, threshold and "
+             "conformal sets (and the epoch, with --selection best) fitted on a validation split of each training fold. "
+             "NA = not applicable.", ""]
     complete = metrics[metrics["scenario"] == "complete"]
     if not complete.empty:
         lines += ["## Complete data (no artificial masking; Table 1 style)", "", "| model | AUC | F1 | Acc |", "|---|---|---|---|"]

@@ -153,15 +153,16 @@ def test_integrated_gradients_completeness(smooth_model):
     error only; with routing P can jump where a routing choice flips, and the reported gap holds those jumps."""
     p, cohort, test = smooth_model
     gaps = []
-    for i in test[:16]:
+    for i in test[:24]:
         case = Case(present=cohort.present[i].copy(), rna=cohort.rna[i])
         target = int(p.predict(case).probs.argmax())
         attr, fx, f0 = attribution.integrated_gradients(p, case, target)
         assert f0 == pytest.approx(float(p.predict(replace(case, rna=p.extras["rna_mean"].copy())).probs[target]),
                                    abs=1e-6)
         assert fx == pytest.approx(float(p.predict(case).probs[target]), abs=1e-6)
-        assert abs(fx - f0) > 0.05  # a real span to account for
-        gaps.append(abs(attr.sum() - (fx - f0)) / abs(fx - f0))
+        if abs(fx - f0) > 0.05:  # a real span to account for (a relative gap of a tiny span is noise)
+            gaps.append(abs(attr.sum() - (fx - f0)) / abs(fx - f0))
+    assert len(gaps) >= 12, len(gaps)
     assert np.median(gaps) < 0.02 and max(gaps) < 0.08, np.round(gaps, 4)
 
 

@@ -244,3 +244,15 @@ def test_detached_linear_path_is_trained_by_its_own_cross_entropy_only():
         assert (grad is None) == detach  # the fused loss reaches the linear path only when not detached
     with pytest.raises(Exception, match="linear_detach needs"):
         replace(CFG, linear_aux=0.0, linear_detach=True)  # nothing would train the linear path
+
+
+def test_detached_linear_path_still_passes_input_gradients():
+    """Integrated gradients need d logits / d input through the linear path, whose weights the fused loss skips."""
+    model = _model(replace(CFG, linear_aux=1.0, linear_detach=True)).eval()
+    batch = random_batch(model.cfg, 4, present=torch.ones(4, 3, dtype=torch.bool))
+    rna = batch.rna.clone().requires_grad_(True)
+    b = replace(batch, rna=rna)
+    total = torch.autograd.grad(model(b).logits[:, 1].sum(), rna)[0]
+    head = torch.autograd.grad(model.forward_head(model.forward_features(b)[0])[:, 1].sum(), rna)[0]
+    w = model.linear["rna"][1].weight.detach()
+    torch.testing.assert_close(total - head, w[1].expand_as(total))
