@@ -15,7 +15,6 @@ scored half's temperature-scaled NLL and AUC, and writes selection.csv (one row 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -30,16 +29,14 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from mosare.config import ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
-from mosare.data.cohort import build_cohort  # noqa: E402
 from mosare.model.registry import build_model  # noqa: E402
 from mosare.train.calibration import calibrated_nll  # noqa: E402
 from mosare.train.experiment import Fold, model_config_for  # noqa: E402
 from mosare.train.loop import fit  # noqa: E402
 from mosare.train.metrics import auc  # noqa: E402
-from mosare.train.splits import patient_folds  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sweep import _value  # noqa: E402
+from sweep import validation_parser, validation_setup  # noqa: E402
 
 _STATE: dict = {}
 
@@ -91,23 +88,10 @@ def score(model: str, k: int, probs: np.ndarray, y: np.ndarray, halves: int, pat
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/tcga-brca")
-    ap.add_argument("--models", default="mosare,snn,text")
-    ap.add_argument("--folds-used", default="0,1,2,3,4")
-    ap.add_argument("--set", action="append", default=[], help="ModelConfig override key=value (repeatable)")
-    ap.add_argument("--train-set", action="append", default=[], help="TrainConfig override key=value (repeatable)")
+    ap = validation_parser(".cache/selection", "0,1,2,3,4")
     ap.add_argument("--halves", type=int, default=20, help="random stratified cuts of each validation split")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path(".cache/selection"))
     args = ap.parse_args()
-    if not (args.data / "rna.csv.gz").exists():
-        sys.exit(f"bench/selection.py: {args.data} has no rna.csv.gz (point --data at the TCGA-BRCA tables)")
-    overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
-    tcfg = replace(TrainConfig(), **{k: _value(v) for k, v in (s.split("=", 1) for s in args.train_set)})
-    cohort = build_cohort(args.data / "rna.csv.gz", args.data / "reports.csv.gz", None, label_column="oncotree_code",
-                          classes=("IDC", "ILC"), progress=False, text_encoder="tfidf")
-    folds = patient_folds(cohort.labels, 5, 0)
+    overrides, tcfg, cohort, folds = validation_setup(args, "bench/selection.py")
     jobs = [(m, int(k)) for k in args.folds_used.split(",") for m in args.models.split(",")]
     start, rows = time.perf_counter(), []
     with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(cohort, folds, overrides, tcfg)) as pool:

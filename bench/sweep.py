@@ -64,24 +64,35 @@ def _value(v: str):
     return {"true": True, "false": False}.get(v.lower(), v)
 
 
-def main() -> None:
+def validation_parser(out: str, folds_used: str) -> argparse.ArgumentParser:
+    """The arguments every validation-split bench shares (this script and ``bench/selection.py``)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/tcga-brca")
     ap.add_argument("--models", default="mosare,snn,text")
-    ap.add_argument("--lrs", default="1e-4,3e-4,1e-3")
-    ap.add_argument("--folds-used", default="0,1,2")
+    ap.add_argument("--folds-used", default=folds_used)
     ap.add_argument("--set", action="append", default=[], help="ModelConfig override key=value (repeatable)")
     ap.add_argument("--train-set", action="append", default=[], help="TrainConfig override key=value (repeatable)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path(".cache/sweep"))
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=Path(out))
+    return ap
+
+
+def validation_setup(args: argparse.Namespace, script: str):
+    """-> (ModelConfig overrides, TrainConfig, the BRCA union cohort, its 5 folds); a one-line exit without data."""
     if not (args.data / "rna.csv.gz").exists():
-        sys.exit(f"bench/sweep.py: {args.data} has no rna.csv.gz (point --data at the TCGA-BRCA tables)")
+        sys.exit(f"{script}: {args.data} has no rna.csv.gz (point --data at the TCGA-BRCA tables)")
     overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
     tcfg = replace(TrainConfig(), **{k: _value(v) for k, v in (s.split("=", 1) for s in args.train_set)})
     cohort = build_cohort(args.data / "rna.csv.gz", args.data / "reports.csv.gz", None, label_column="oncotree_code",
                           classes=("IDC", "ILC"), progress=False, text_encoder="tfidf")
-    folds = patient_folds(cohort.labels, 5, 0)
+    return overrides, tcfg, cohort, patient_folds(cohort.labels, 5, 0)
+
+
+def main() -> None:
+    ap = validation_parser(".cache/sweep", "0,1,2")
+    ap.add_argument("--lrs", default="1e-4,3e-4,1e-3")
+    args = ap.parse_args()
+    overrides, tcfg, cohort, folds = validation_setup(args, "bench/sweep.py")
     jobs = [(m, float(lr), int(k)) for k in args.folds_used.split(",") for m in args.models.split(",")
             for lr in args.lrs.split(",")]
     start = time.perf_counter()
