@@ -64,6 +64,11 @@ class Prediction:
     def label(self) -> str:
         return self.classes[int(self.probs.argmax())]
 
+    @property
+    def shown(self) -> np.ndarray:
+        """[K] the probabilities a reader sees: temperature-scaled where the checkpoint carries a temperature."""
+        return self.calibrated if self.calibrated is not None else self.probs
+
 
 class Predictor:
     """A loaded checkpoint plus what is needed to turn raw inputs into a batch."""

@@ -186,7 +186,7 @@ k = int(p.probs.argmax())
 left, right = st.columns([1, 1])
 with left:
     st.metric("Prediction", p.label, help="the class with the highest probability")
-    shown = p.calibrated if p.calibrated is not None else p.probs
+    shown = p.shown
     kind = "calibrated probability" if p.calibrated is not None else "probability"
     st.markdown(f"{kind.capitalize()} of **{p.label}**: **{shown[k]:.1%}**")
     if p.prediction_set is not None:
@@ -209,7 +209,7 @@ with right:
     st.markdown(f"**Reconstructed instead of observed:** {', '.join(MODALITY_NAMES[m] for m in p.reconstructed) or 'none'}")
     if a.contributions:
         rows = [{"modality": MODALITY_NAMES[m], f"Δ P({p.label})": round(v, 4),
-                 "prediction without it": f"{a.without[m].label} ({a.without[m].probs.max():.1%})"}
+                 "prediction without it": f"{a.without[m].label} ({a.without[m].shown.max():.1%})"}
                 for m, v in a.contributions.items()]
         st.markdown("**Each modality's contribution** (re-inference without it)")
         st.table(pd.DataFrame(rows).set_index("modality"))

@@ -37,7 +37,8 @@ class Analysis:
     """A prediction with the modalities ``used``, plus one re-inference without each used modality.
 
     contributions[m] = P(predicted class | used) - P(same class | used without m): how much modality m
-    pushed the model towards its answer (negative: it pushed away).
+    pushed the model towards its answer (negative: it pushed away), on the probabilities shown to the reader
+    (temperature-scaled when the checkpoint carries a temperature, as the Case page's headline).
     """
 
     prediction: Prediction
@@ -64,7 +65,7 @@ def analyse(predictor: Predictor, case: Case, use: np.ndarray | None = None) -> 
     for i, other in zip(drop, others):
         m = MODALITIES[i]
         result.without[m] = other
-        result.contributions[m] = float(pred.probs[k] - other.probs[k])
+        result.contributions[m] = float(pred.shown[k] - other.shown[k])
     result.seconds = time.perf_counter() - start
     return result
 
