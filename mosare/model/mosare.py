@@ -283,7 +283,7 @@ class MoSARe(SubtypingModel):
         out = batch.labels.new_zeros((batch.size, len(self.cfg.modalities), self.cfg.n_classes), dtype=torch.float32)
         if self.linear is None:
             return out, out
-        fused = out.clone()
+        fused = out.clone() if self.cfg.linear_detach else out
         for i, m in enumerate(self.cfg.modalities):
             if m == "wsi":
                 mask = batch.wsi_bag_mask[..., None].float()
@@ -293,8 +293,9 @@ class MoSARe(SubtypingModel):
             drop, layer = self.linear[m]
             x, here = drop(x), batch.present[:, MODALITIES.index(m), None]
             out[:, i] = F.linear(x, layer.weight, layer.bias) * here
-            fused[:, i] = F.linear(x, layer.weight.detach(), layer.bias.detach()) * here
-        return out, (fused if self.cfg.linear_detach else out)
+            if self.cfg.linear_detach:
+                fused[:, i] = F.linear(x, layer.weight.detach(), layer.bias.detach()) * here
+        return out, fused
 
     def hide_modalities(self, batch: Batch) -> Batch:
         """Modality dropout while training (``modality_dropout``): each present modality of a case is hidden with

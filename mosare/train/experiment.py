@@ -15,7 +15,8 @@ temperature-scaled probabilities, conformal prediction set), runs.csv, history.c
 With ``train.refit`` (the default) the selected number of epochs (with "last": the whole schedule) is retrained on
 training + validation split from the same initialisation, and that model is scored and saved: selection needs
 held-out cases, but throwing a fifth of the training fold away for the final model costs accuracy (scikit-learn's
-refit after a search does the same). The threshold, temperature and conformal quantile come from the selection run's validation predictions.
+refit after a search does the same). The threshold, temperature and conformal quantile come from the selection
+run's validation predictions.
 """
 
 from __future__ import annotations

@@ -151,7 +151,8 @@ def fit(model: SubtypingModel, cohort: Cohort, tokens: FoldFeatures, train_idx: 
     opt, sched = _optimiser(model, cfg, len(train_idx), device)
     y_val = cohort.labels[val_idx]
     best_loss, best_auc, best_epoch = np.inf, float("nan"), -1
-    best_state, history = copy.deepcopy(model.state_dict()), []
+    keep_best = cfg.selection == "best"  # else the weights at the end of the schedule are the ones kept
+    best_state, history = copy.deepcopy(model.state_dict()) if keep_best else None, []
     bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False, unit="ep")
     for epoch in bar:
         t0 = time.perf_counter()
@@ -169,14 +170,16 @@ def fit(model: SubtypingModel, cohort: Cohort, tokens: FoldFeatures, train_idx: 
         history.append(row)
         if on_epoch is not None:
             on_epoch(epoch, val_probs)
-        if cfg.selection == "last" or val_loss < best_loss:
+        if not keep_best or val_loss < best_loss:
             best_loss, best_auc, best_epoch = val_loss, val_auc, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            if keep_best:
+                best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{row.get('train_loss', float('nan')):.3f}", val_loss=f"{val_loss:.3f}",
                         val_auc=f"{val_auc:.1f}", best=best_epoch, cases_s=f"{row['samples_per_s']:.0f}")
-        if cfg.selection == "best" and epoch - best_epoch >= cfg.patience:
+        if keep_best and epoch - best_epoch >= cfg.patience:
             break
-    model.load_state_dict(best_state)
+    if keep_best:
+        model.load_state_dict(best_state)
     return FitResult(best_epoch, float(best_auc), len(history), time.perf_counter() - start, history, float(best_loss))
 
 

@@ -11,6 +11,7 @@ import torch
 from helpers import random_batch
 from mosare import MODALITIES
 from mosare.config import ModelConfig
+from mosare.errors import MosareError
 from mosare.model.mosare import MoSARe
 
 CFG = ModelConfig(wsi_dim=12, rna_dim=24, rpt_dim=10, hidden=32, n_classes=3, gene_token_dim=8)
@@ -242,7 +243,7 @@ def test_detached_linear_path_is_trained_by_its_own_cross_entropy_only():
         fused = torch.nn.functional.cross_entropy(out.logits, batch.labels)
         grad = torch.autograd.grad(fused, model.linear["rna"][1].weight, allow_unused=True)[0]
         assert (grad is None) == detach  # the fused loss reaches the linear path only when not detached
-    with pytest.raises(Exception, match="linear_detach needs"):
+    with pytest.raises(MosareError, match="linear_detach needs"):
         replace(CFG, linear_aux=0.0, linear_detach=True)  # nothing would train the linear path
 
 
