@@ -28,31 +28,20 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from mosare.config import ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
 from mosare.model.registry import build_model  # noqa: E402
 from mosare.train.calibration import calibrated_nll  # noqa: E402
-from mosare.train.experiment import Fold, model_config_for  # noqa: E402
 from mosare.train.loop import fit, predict_probs  # noqa: E402
 from mosare.train.metrics import auc  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sweep import validation_parser, validation_setup  # noqa: E402
-
-_STATE: dict = {}
-
-
-def _init(cohort, folds, overrides: dict, tcfg: TrainConfig) -> None:
-    torch.set_num_threads(1)
-    _STATE.update(cohort=cohort, folds=folds, overrides=overrides, tcfg=tcfg)
+from sweep import STATE, validation_fold, validation_parser, validation_setup, worker_init  # noqa: E402
 
 
 def _train(model: str, k: int, member: int, subset: bool) -> tuple[str, int, int, bool, np.ndarray, np.ndarray, dict]:
-    """One network on fold k's training split (or a random 80 % of it): validation logits [N_val, K], labels,
-    and its weights."""
-    s = _STATE
-    cohort, (train_all, _test) = s["cohort"], s["folds"][k]
-    mcfg = replace(model_config_for(cohort, ModelConfig()), **s["overrides"])
-    fold = Fold(cohort, ExperimentConfig(train=s["tcfg"]), mcfg, k, train_all)
+    """One network on fold k's training split (or a random 80 % of it): validation log-probabilities [N_val, K],
+    labels, and its weights."""
+    cohort = STATE["cohort"]
+    mcfg, fold = validation_fold(k)
     train_idx = fold.train_idx
     if subset:
         train_idx = np.random.default_rng(1000 + k).permutation(train_idx)[: int(0.8 * len(train_idx))]
@@ -60,7 +49,7 @@ def _train(model: str, k: int, member: int, subset: bool) -> tuple[str, int, int
     torch.manual_seed(seed)
     net = build_model(model, mcfg)
     tokens = fold.tokens("complete-0", cohort.present)
-    fit(net, cohort, tokens, train_idx, fold.val_idx, cohort.present, replace(s["tcfg"], selection="last", seed=seed),
+    fit(net, cohort, tokens, train_idx, fold.val_idx, cohort.present, replace(STATE["tcfg"], selection="last", seed=seed),
         torch.device("cpu"), progress=False)
     probs = predict_probs(net, cohort, tokens, fold.val_idx, cohort.present, torch.device("cpu"))
     state = {n: t.detach().clone() for n, t in net.state_dict().items()}
@@ -68,10 +57,8 @@ def _train(model: str, k: int, member: int, subset: bool) -> tuple[str, int, int
 
 
 def _soup_logits(model: str, k: int, states: list[dict]) -> np.ndarray:
-    s = _STATE
-    cohort, (train_all, _test) = s["cohort"], s["folds"][k]
-    mcfg = replace(model_config_for(cohort, ModelConfig()), **s["overrides"])
-    fold = Fold(cohort, ExperimentConfig(train=s["tcfg"]), mcfg, k, train_all)
+    cohort = STATE["cohort"]
+    mcfg, fold = validation_fold(k)
     net = build_model(model, mcfg)
     net.load_state_dict({n: sum(st[n].float() for st in states).to(states[0][n].dtype) / len(states) for n in states[0]})
     probs = predict_probs(net, cohort, fold.tokens("complete-0", cohort.present), fold.val_idx, cohort.present,
@@ -95,12 +82,12 @@ def main() -> None:
             for j in range(args.members)]
     jobs += [(m, int(k), 0, True) for k in args.folds_used.split(",") for m in args.models.split(",")]
     start, got = time.perf_counter(), {}
-    with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(cohort, folds, overrides, tcfg)) as pool:
+    with ProcessPoolExecutor(args.workers, initializer=worker_init, initargs=(cohort, folds, overrides, tcfg)) as pool:
         for model, k, j, sub, logits, y, state in pool.map(_train, *zip(*jobs)):
             got[model, k, j, sub] = (logits, y, state)
             print(f"{model} fold {k} member {j}{' (80 %)' if sub else ''}: {time.perf_counter() - start:.0f} s",
                   flush=True)
-        _init(cohort, folds, overrides, tcfg)
+        worker_init(cohort, folds, overrides, tcfg)  # the soups are scored in this process
         rows = []
         for model in args.models.split(","):
             for k in map(int, args.folds_used.split(",")):

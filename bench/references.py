@@ -8,8 +8,9 @@ project's scrubber cleaned (whole subtype phrases, codes, residues: stricter), a
 only (the validation split selects the epoch). This script fits the same linear models on exactly those inputs
 (:class:`mosare.train.experiment.Fold`: expression standardised with the training statistics, the scrubbed report
 texts), twice: on the training split (what the networks learn from) and on the whole training fold (what the
-scikit-learn references learn from). A patient without the modality gets the training prior. Prints per-fold
-mean ± std and pooled AUC; writes one row per (reference, training set, fold).
+scikit-learn references learn from). The report model is fitted on word 1–2-grams (as the shared references) and on
+character 3–5-grams (as the default report encoder, ``--text-encoder tfidf``). A patient without the modality gets
+the training prior. Prints per-fold mean ± std and pooled AUC; writes one row per (reference, training set, fold).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from mosare.train.experiment import Fold, model_config_for  # noqa: E402
 from mosare.train.splits import patient_folds  # noqa: E402
 
 NAMES = {"rna": "RNA logistic regression", "rpt": "report TF-IDF logistic regression",
-         "late": "late fusion (mean of the two)"}
+         "late": "late fusion (mean of the two)",
+         "rpt_char": "report TF-IDF of character 3–5-grams, logistic regression",
+         "late_char": "late fusion: RNA + character TF-IDF"}
 
 
 def fold_predictions(cohort, rna: np.ndarray, train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
@@ -44,12 +47,18 @@ def fold_predictions(cohort, rna: np.ndarray, train: np.ndarray, test: np.ndarra
     rna_lr = LogisticRegression(C=0.01, max_iter=3000).fit(rna[tr_r], y[tr_r])
     p_r = np.where(has[test, 1], rna_lr.predict_proba(rna[test])[:, 1], prior)
     texts = np.asarray(cohort.rpt_texts, dtype=object)
-    vec = TfidfVectorizer(min_df=2, ngram_range=(1, 2), sublinear_tf=True).fit(texts[tr_t])
-    rpt_lr = LogisticRegression(C=10, max_iter=3000).fit(vec.transform(texts[tr_t]), y[tr_t])
-    p_t = np.where(has[test, 2], rpt_lr.predict_proba(vec.transform(texts[test]))[:, 1], prior)
     both = has[test, 1] & has[test, 2]
-    late = np.where(both, (p_r + p_t) / 2, np.where(has[test, 1], p_r, p_t))
-    return {"rna": p_r, "rpt": p_t, "late": late}
+    out = {"rna": p_r}
+    # word 1–2-grams as the shared references; character 3–5-grams as the default report encoder (20 000 features)
+    for key, vec in (("", TfidfVectorizer(min_df=2, ngram_range=(1, 2), sublinear_tf=True)),
+                     ("_char", TfidfVectorizer(min_df=2, analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True,
+                                               max_features=20_000))):
+        vec.fit(texts[tr_t])
+        rpt_lr = LogisticRegression(C=10, max_iter=3000).fit(vec.transform(texts[tr_t]), y[tr_t])
+        p_t = np.where(has[test, 2], rpt_lr.predict_proba(vec.transform(texts[test]))[:, 1], prior)
+        out["rpt" + key] = p_t
+        out["late" + key] = np.where(both, (p_r + p_t) / 2, np.where(has[test, 1], p_r, p_t))
+    return out
 
 
 def main() -> None:

@@ -28,34 +28,23 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from mosare.config import ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
 from mosare.model.registry import build_model  # noqa: E402
 from mosare.train.calibration import calibrated_nll  # noqa: E402
-from mosare.train.experiment import Fold, model_config_for  # noqa: E402
 from mosare.train.loop import fit  # noqa: E402
 from mosare.train.metrics import auc  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sweep import validation_parser, validation_setup  # noqa: E402
-
-_STATE: dict = {}
-
-
-def _init(cohort, folds, overrides: dict, tcfg: TrainConfig) -> None:
-    torch.set_num_threads(1)
-    _STATE.update(cohort=cohort, folds=folds, overrides=overrides, tcfg=tcfg)
+from sweep import STATE, validation_fold, validation_parser, validation_setup, worker_init  # noqa: E402
 
 
 def _curves(model: str, k: int) -> tuple[str, int, np.ndarray, np.ndarray]:
     """Validation probabilities of every epoch [E, N_val, K] of one training-split run, and the labels."""
-    s = _STATE
-    cohort, (train_all, _test) = s["cohort"], s["folds"][k]
-    mcfg = replace(model_config_for(cohort, ModelConfig()), **s["overrides"])
-    fold = Fold(cohort, ExperimentConfig(train=s["tcfg"]), mcfg, k, train_all)
+    cohort, tcfg = STATE["cohort"], STATE["tcfg"]
+    mcfg, fold = validation_fold(k)
     torch.manual_seed(k)
     probs: list[np.ndarray] = []
     fit(build_model(model, mcfg), cohort, fold.tokens("complete-0", cohort.present), fold.train_idx, fold.val_idx,
-        cohort.present, replace(s["tcfg"], selection="last", seed=k), torch.device("cpu"), progress=False,
+        cohort.present, replace(tcfg, selection="last", seed=k), torch.device("cpu"), progress=False,
         on_epoch=lambda _e, p: probs.append(p))
     return model, k, np.stack(probs), cohort.labels[fold.val_idx]
 
@@ -94,7 +83,7 @@ def main() -> None:
     overrides, tcfg, cohort, folds = validation_setup(args, "bench/selection.py")
     jobs = [(m, int(k)) for k in args.folds_used.split(",") for m in args.models.split(",")]
     start, rows = time.perf_counter(), []
-    with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(cohort, folds, overrides, tcfg)) as pool:
+    with ProcessPoolExecutor(args.workers, initializer=worker_init, initargs=(cohort, folds, overrides, tcfg)) as pool:
         for model, k, probs, y in pool.map(_curves, *zip(*jobs)):
             rows += score(model, k, probs, y, args.halves, tcfg.patience)
             print(f"{model} fold {k}: {len(probs)} epochs, {time.perf_counter() - start:.0f} s", flush=True)

@@ -32,26 +32,35 @@ from mosare.train.experiment import Fold, model_config_for  # noqa: E402
 from mosare.train.loop import fit  # noqa: E402
 from mosare.train.splits import patient_folds  # noqa: E402
 
-_STATE: dict = {}
+STATE: dict = {}  # a worker process's cohort, folds, overrides and TrainConfig (set once by worker_init)
 
 
-def _init(cohort, folds, overrides: dict, tcfg: TrainConfig) -> None:
+def worker_init(cohort, folds, overrides: dict, tcfg: TrainConfig) -> None:
+    """ProcessPoolExecutor initializer of every validation bench (this script, selection.py, ensemble.py)."""
     torch.set_num_threads(1)
-    _STATE.update(cohort=cohort, folds=folds, overrides=overrides, tcfg=tcfg, feats={})
+    STATE.update(cohort=cohort, folds=folds, overrides=overrides, tcfg=tcfg, feats={})
+
+
+def validation_fold(k: int) -> tuple[ModelConfig, Fold]:
+    """The model config (with the overrides) and fold k's own validation split and training-split features, as
+    the experiment builds them; the last fold is kept for the next run."""
+    s = STATE
+    cohort, (train_all, _test) = s["cohort"], s["folds"][k]
+    mcfg = replace(model_config_for(cohort, ModelConfig()), **s["overrides"])
+    if k not in s["feats"]:
+        s["feats"] = {k: Fold(cohort, ExperimentConfig(train=s["tcfg"]), mcfg, k, train_all)}
+    return mcfg, s["feats"][k]
 
 
 def _one(model: str, lr: float, k: int) -> dict:
-    s = _STATE
-    cohort, (train_all, _test) = s["cohort"], s["folds"][k]
-    mcfg = replace(model_config_for(cohort, ModelConfig()), **s["overrides"])
-    if k not in s["feats"]:  # the experiment's own validation split and training-split features
-        s["feats"] = {k: Fold(cohort, ExperimentConfig(train=s["tcfg"]), mcfg, k, train_all)}
-    fold = s["feats"][k]
+    s = STATE
+    cohort = s["cohort"]
+    mcfg, fold = validation_fold(k)
     torch.manual_seed(k)
     m = build_model(model, mcfg)
     res = fit(m, cohort, fold.tokens("complete-0", cohort.present), fold.train_idx, fold.val_idx, cohort.present,
               replace(s["tcfg"], lr=lr, seed=k), torch.device("cpu"), progress=False)
-    return {"model": model, "lr": lr, "fold": k, "val_loss": res.best_val_loss, "val_auc": res.best_val_auc,
+    return {"model": model, "lr": lr or m.default_lr, "fold": k, "val_loss": res.best_val_loss, "val_auc": res.best_val_auc,
             "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": round(res.seconds, 1)}
 
 
@@ -72,6 +81,7 @@ def validation_parser(out: str, folds_used: str) -> argparse.ArgumentParser:
     ap.add_argument("--folds-used", default=folds_used)
     ap.add_argument("--set", action="append", default=[], help="ModelConfig override key=value (repeatable)")
     ap.add_argument("--train-set", action="append", default=[], help="TrainConfig override key=value (repeatable)")
+    ap.add_argument("--text-encoder", default="tfidf", help="report encoder: tfidf (character n-grams), tfidf-word")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path(out))
     return ap
@@ -84,19 +94,19 @@ def validation_setup(args: argparse.Namespace, script: str):
     overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
     tcfg = replace(TrainConfig(), **{k: _value(v) for k, v in (s.split("=", 1) for s in args.train_set)})
     cohort = build_cohort(args.data / "rna.csv.gz", args.data / "reports.csv.gz", None, label_column="oncotree_code",
-                          classes=("IDC", "ILC"), progress=False, text_encoder="tfidf")
+                          classes=("IDC", "ILC"), progress=False, text_encoder=args.text_encoder)
     return overrides, tcfg, cohort, patient_folds(cohort.labels, 5, 0)
 
 
 def main() -> None:
     ap = validation_parser(".cache/sweep", "0,1,2")
-    ap.add_argument("--lrs", default="1e-4,3e-4,1e-3")
+    ap.add_argument("--lrs", default="1e-4,3e-4,1e-3", help="comma-separated; 'default': each model's own")
     args = ap.parse_args()
     overrides, tcfg, cohort, folds = validation_setup(args, "bench/sweep.py")
-    jobs = [(m, float(lr), int(k)) for k in args.folds_used.split(",") for m in args.models.split(",")
-            for lr in args.lrs.split(",")]
+    jobs = [(m, None if lr == "default" else float(lr), int(k)) for k in args.folds_used.split(",")
+            for m in args.models.split(",") for lr in args.lrs.split(",")]
     start = time.perf_counter()
-    with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(cohort, folds, overrides, tcfg)) as pool:
+    with ProcessPoolExecutor(args.workers, initializer=worker_init, initargs=(cohort, folds, overrides, tcfg)) as pool:
         rows = []
         for row in pool.map(_one, *zip(*jobs)):
             rows.append(row)
@@ -107,7 +117,8 @@ def main() -> None:
     agg = df.groupby(["model", "lr"]).agg(val_loss=("val_loss", "mean"), val_loss_sd=("val_loss", "std"),
                                          val_auc=("val_auc", "mean"), val_auc_sd=("val_auc", "std"),
                                          best_epoch=("best_epoch", "mean"), seconds=("seconds", "mean"))
-    print(f"overrides {overrides} train {args.train_set}; folds {args.folds_used}; {time.perf_counter() - start:.0f} s")
+    print(f"overrides {overrides} train {args.train_set}; text encoder {args.text_encoder}; folds {args.folds_used}; "
+          f"{time.perf_counter() - start:.0f} s")
     print(agg.round(3).to_string())
 
 
