@@ -185,11 +185,15 @@ def main() -> None:
         body = lls.read_text(encoding="utf-8").split("\n", 2)[2].strip()
         out += ["#### The linear path's step size (validation splits only; `assets/results/lr-sweep/linear-lr-scale.md`)",
                 "", body, ""]
-    sel = r / "selection" / "README.md"
-    if sel.is_file():
-        body = sel.read_text(encoding="utf-8").split("\n", 2)[2].strip()
-        out += ["#### Which epoch to keep (validation splits only; `bench/selection.py`, `assets/results/selection/`)",
-                "", body, ""]
+    notes = (("selection", "Which epoch to keep (validation splits only; `bench/selection.py`, `assets/results/selection/`)"),
+             ("text-encoder", "Report encoder: character n-grams or words (validation splits only; `bench/sweep.py`, "
+                              "`assets/results/text-encoder/`)"),
+             ("ensemble", "Averaging several networks (validation splits only; `bench/ensemble.py`, "
+                          "`assets/results/ensemble/`)"))
+    for folder, title in notes:
+        note = r / folder / "README.md"
+        if note.is_file():  # the note without its own title line
+            out += [f"#### {title}", "", note.read_text(encoding="utf-8").split("\n", 2)[2].strip(), ""]
     text = a.readme.read_text(encoding="utf-8")
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{a.readme}: no {BEGIN} … {END} markers")

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mosare.errors import MosareError
+from mosare.text import TEXT_ENCODERS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gpus-per-run", type=_non_negative, default=0.0,
                    help="with --backend ray: GPUs per run, fractions share one (0.25: four runs per GPU; 0: CPU)")
     e.add_argument("--cpus-per-run", type=_non_negative, default=1.0, help="with --backend ray: CPUs per run")
-    e.add_argument("--text-encoder", choices=("tfidf", "minilm"), default=None,
-                   help="report vectors: TF-IDF → SVD fitted on each training fold (default) or a sentence model")
+    e.add_argument("--text-encoder", choices=TEXT_ENCODERS, default=None,
+                   help="report vectors: character n-gram TF-IDF → SVD fitted on each training fold (tfidf, default), "
+                   "the same on words (tfidf-word), or a sentence model (minilm)")
     e.add_argument("--text-model", default=None, help="with --text-encoder minilm: local sentence-transformers folder "
                    "(default: all-MiniLM-L6-v2); a model fine-tuned by `mosare finetune-text` is refused")
     e.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/mosare)")

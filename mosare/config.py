@@ -17,6 +17,7 @@ import yaml
 
 from mosare import MODALITIES
 from mosare.errors import MosareError
+from mosare.text import TEXT_ENCODERS
 from mosare.io.atomic import atomic_write_text
 
 T = TypeVar("T")
@@ -157,7 +158,9 @@ class ExperimentConfig:
     mask_rates: tuple[float, ...] = (0.1, 0.3, 0.5)
     complete_only: bool = False
     scrub_terms: tuple[str, ...] = ()
-    text_encoder: str = "tfidf"  # "tfidf": TF-IDF → SVD fitted on each training fold; "minilm": the sentence model
+    # "tfidf": character n-gram TF-IDF → SVD fitted on each training fold; "tfidf-word": the same on words;
+    # "minilm": the sentence model
+    text_encoder: str = "tfidf"
     conformal_alpha: float = 0.1  # prediction sets fitted on the validation split to cover 1 − alpha of cases
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -165,8 +168,8 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         self.classes, self.models, self.scenarios = tuple(self.classes), tuple(self.models), tuple(self.scenarios)
         self.mask_rates = tuple(float(r) for r in self.mask_rates)
-        if self.text_encoder not in ("tfidf", "minilm"):
-            raise MosareError(f"text_encoder must be 'tfidf' or 'minilm', got {self.text_encoder!r}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise MosareError(f"text_encoder must be one of {', '.join(TEXT_ENCODERS)}, got {self.text_encoder!r}")
         if self.folds < 2:
             raise MosareError("folds must be at least 2")
         if not 0 < self.conformal_alpha < 1:

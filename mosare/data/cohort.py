@@ -19,11 +19,11 @@ from mosare import MODALITIES
 from mosare.errors import InputError
 from mosare.io.features import read_features
 from mosare.io.readers import read_reports_table, read_rna_table, read_slides_table
+from mosare.text import ANALYZERS, TEXT_ENCODERS
 from mosare.text.embed import ReportEmbedder
 from mosare.text.scrub import scrub, vocabulary_for
 from mosare.text.sentences import split_sentences
 from mosare.text.tfidf import DEFAULT_DIM as TFIDF_DIM
-from mosare.text.tfidf import TEXT_ENCODERS
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class Cohort:
     # scrubbed report text and its sentences ("" / [] where absent); what fold-fitted text encoders read
     rpt_texts: list[str] = field(default_factory=list)
     rpt_sentence_texts: list[list[str]] = field(default_factory=list)
-    text_encoder: str = "minilm"  # "minilm": rpt_global/rpt_sentences embedded here; "tfidf": fitted per fold
+    # "minilm": rpt_global/rpt_sentences embedded here; "tfidf" / "tfidf-word": fitted per fold
+    text_encoder: str = "minilm"
 
     def __post_init__(self) -> None:
         self._wsi_cache = lru_cache(maxsize=512)(self._load_wsi)
@@ -82,7 +83,7 @@ class Cohort:
         """Width of the report vectors: the sentence model's, or the fold-fitted TF-IDF encoder's."""
         if not self.has_reports:
             return 0
-        return TFIDF_DIM if self.text_encoder == "tfidf" else self.rpt_global.shape[1]
+        return TFIDF_DIM if self.text_encoder in ANALYZERS else self.rpt_global.shape[1]
 
     def wsi_bag(self, i: int) -> np.ndarray:
         """Patch features [N, Dw] of patient i (all slides concatenated); [0, Dw] when absent."""
@@ -119,7 +120,8 @@ def build_cohort(rna: str | Path | None, reports: str | Path | None, slides: str
                  features_dir: str | Path | None = None, text_encoder: str = "minilm") -> Cohort:
     """Read the tables, keep patients whose label is one of ``classes``, scrub reports and split them into
     sentences; with ``text_encoder="minilm"`` embed them here (the sentence model is not fitted on the
-    cohort), with ``"tfidf"`` leave the fitting to each training fold (:func:`mosare.train.data.fit_fold_features`)."""
+    cohort), with ``"tfidf"`` / ``"tfidf-word"`` leave the fitting to each training fold
+    (:func:`mosare.train.data.fit_fold_features`)."""
     if text_encoder not in TEXT_ENCODERS:
         raise InputError(f"unknown text encoder {text_encoder!r}; choose from {', '.join(TEXT_ENCODERS)}")
     if not (rna or reports or slides):

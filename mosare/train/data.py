@@ -8,7 +8,7 @@ import numpy as np
 
 from mosare.data.cohort import Cohort
 from mosare.data.local_tokens import fit_prototypes, gmm_local_tokens
-from mosare.text.tfidf import TfidfSvdEncoder
+from mosare.text.tfidf import ANALYZERS, TfidfSvdEncoder
 from mosare.types import Batch
 
 RNA_CLIP = 10.0  # cBioPortal-style z-scores reach 10^4 for a few genes; clip before and after standardising
@@ -108,9 +108,10 @@ def fit_fold_features(cohort: Cohort, train_idx: np.ndarray, n_local: int, seed:
 
     rpt_dim = cohort.rpt_dim
     text, rpt_global, rpt_sentences = None, cohort.rpt_global, cohort.rpt_sentences
-    if rpt_dim and cohort.text_encoder == "tfidf":
+    if rpt_dim and cohort.text_encoder in ANALYZERS:
         has = cohort.present[:, 2]
-        text = TfidfSvdEncoder.fit([cohort.rpt_texts[i] for i in train_idx if seen[i, 2]], dim=rpt_dim, seed=seed)
+        text = TfidfSvdEncoder.fit([cohort.rpt_texts[i] for i in train_idx if seen[i, 2]], dim=rpt_dim, seed=seed,
+                                   analyzer=ANALYZERS[cohort.text_encoder])
         rpt_global = text.encode_reports(cohort.rpt_texts) * has[:, None]
         rpt_sentences = text.encode_sentences([s if h else [] for s, h in zip(cohort.rpt_sentence_texts, has)])
     rpt, rpt_p = one(rpt_sentences, cohort.present[:, 2], rpt_dim, seen[:, 2]) if rpt_dim else \

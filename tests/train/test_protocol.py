@@ -55,7 +55,7 @@ def test_aligning_losses_switch_on_after_the_warm_up():
     assert hist.lr.iloc[-1] < hist.lr.max()
 
 
-def _report_cohort(n: int = 40) -> Cohort:
+def _report_cohort(n: int = 40, text_encoder: str = "tfidf") -> Cohort:
     """Reports only; class B reports mention 'spiculated', class A 'circumscribed'."""
     y = np.arange(n) % 2
     words = ["circumscribed", "spiculated"]
@@ -65,21 +65,23 @@ def _report_cohort(n: int = 40) -> Cohort:
     present[:, 2] = True
     return Cohort(patient_ids=[f"R{i:03d}" for i in range(n)], labels=y.astype(np.int64), classes=("A", "B"),
                   present=present, rpt_texts=texts, rpt_sentence_texts=[t.split(". ") for t in texts],
-                  text_encoder="tfidf")
+                  text_encoder=text_encoder)
 
 
-def test_report_encoder_is_fitted_on_the_training_fold_only():
-    cohort = _report_cohort()
+@pytest.mark.parametrize(("encoder", "seen", "test_only"), [("tfidf", "icula", "ebraf"),  # character n-grams
+                                                            ("tfidf-word", "spiculated", "zebrafishoid")])
+def test_report_encoder_is_fitted_on_the_training_fold_only(encoder, seen, test_only):
+    cohort = _report_cohort(text_encoder=encoder)
     train, test = np.arange(0, 30), np.arange(30, 40)
     for i in test[:3]:  # a word only test reports use, often enough for min_df=2
         cohort.rpt_texts[i] += " Zebrafishoid pattern noted."
     feats = fit_fold_features(cohort, train, n_local=4, seed=0)
     vocab = set(feats.text.vocabulary)
-    assert "spiculated" in vocab and "zebrafishoid" not in vocab
+    assert seen in vocab and test_only not in vocab
     # the same word in training reports does enter the vocabulary: the check above can fail
     for i in train[:3]:
         cohort.rpt_texts[i] += " Zebrafishoid pattern noted."
-    assert "zebrafishoid" in set(fit_fold_features(cohort, train, n_local=4, seed=0).text.vocabulary)
+    assert test_only in set(fit_fold_features(cohort, train, n_local=4, seed=0).text.vocabulary)
     assert feats.rpt_global.shape == (40, 256) and len(feats.rpt_sentences) == 40
 
 
@@ -167,6 +169,7 @@ def test_a_tfidf_checkpoint_embeds_a_new_report_as_its_training_fold_did(tmp_pat
     ckpt = tmp_path / "checkpoints" / "text" / "complete-0" / "fold0.safetensors"
     predictor = Predictor(ckpt)
     assert predictor.text_encoder is not None and predictor.info.text_encoder["name"] == "tfidf-svd"
+    assert predictor.text_encoder.analyzer == "char"
     case = predictor.make_case(report_text=cohort.rpt_texts[0])
     fold = experiment_fold_features(cohort, cfg, k=0)
     np.testing.assert_allclose(case.report_emb, fold.rpt_global[0], rtol=1e-3, atol=1e-3)
@@ -180,6 +183,18 @@ def experiment_fold_features(cohort: Cohort, cfg: ExperimentConfig, k: int):
 
     train_all = patient_folds(cohort.labels, cfg.folds, cfg.seed)[k][0]
     return Fold(cohort, cfg, model_config_for(cohort, cfg.model), k, train_all).tokens("complete-0", cohort.present)
+
+
+def test_a_report_encoder_saved_before_the_analyzer_option_reads_words():
+    from mosare.text.tfidf import TfidfSvdEncoder
+
+    texts = _report_cohort().rpt_texts
+    enc = TfidfSvdEncoder.fit(texts, dim=8, seed=0, analyzer="word")
+    arrays, meta = enc.to_state()
+    del meta["analyzer"]
+    old = TfidfSvdEncoder.from_state(arrays, meta)
+    assert old.analyzer == "word"
+    np.testing.assert_allclose(old.encode_reports(texts[:3]), enc.encode_reports(texts[:3]), rtol=1e-5, atol=1e-5)
 
 
 def test_report_encoder_stays_bounded_when_few_training_reports_remain():
