@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mosare.errors import MosareError
-from mosare.text import TEXT_ENCODERS
+from mosare.config import TEXT_ENCODERS
 
 
 class _Parser(argparse.ArgumentParser):

@@ -17,10 +17,14 @@ import yaml
 
 from mosare import MODALITIES
 from mosare.errors import MosareError
-from mosare.text import TEXT_ENCODERS
 from mosare.io.atomic import atomic_write_text
 
 T = TypeVar("T")
+
+# --text-encoder choices: the fold-fitted TF-IDF encoders of mosare.text.tfidf (name -> analyzer), then the
+# sentence model
+ANALYZERS = {"tfidf": "char", "tfidf-word": "word"}
+TEXT_ENCODERS = (*ANALYZERS, "minilm")
 
 
 def cache_dir() -> Path:

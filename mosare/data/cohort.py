@@ -19,7 +19,7 @@ from mosare import MODALITIES
 from mosare.errors import InputError
 from mosare.io.features import read_features
 from mosare.io.readers import read_reports_table, read_rna_table, read_slides_table
-from mosare.text import ANALYZERS, TEXT_ENCODERS
+from mosare.config import ANALYZERS, TEXT_ENCODERS
 from mosare.text.embed import ReportEmbedder
 from mosare.text.scrub import scrub, vocabulary_for
 from mosare.text.sentences import split_sentences

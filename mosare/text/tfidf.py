@@ -32,7 +32,7 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from mosare.errors import MosareError
-from mosare.text import ANALYZERS
+from mosare.config import ANALYZERS
 
 NAME = "tfidf-svd"
 DEFAULT_DIM = 256

@@ -8,7 +8,8 @@ import numpy as np
 
 from mosare.data.cohort import Cohort
 from mosare.data.local_tokens import fit_prototypes, gmm_local_tokens
-from mosare.text.tfidf import ANALYZERS, TfidfSvdEncoder
+from mosare.config import ANALYZERS
+from mosare.text.tfidf import TfidfSvdEncoder
 from mosare.types import Batch
 
 RNA_CLIP = 10.0  # cBioPortal-style z-scores reach 10^4 for a few genes; clip before and after standardising
