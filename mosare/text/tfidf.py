@@ -134,6 +134,8 @@ class TfidfSvdEncoder:
                       analyzer=str(meta.get("analyzer", "word")))  # checkpoints before the option: words
         except (KeyError, TypeError) as err:
             raise MosareError(f"the checkpoint's TF-IDF report encoder is incomplete (missing {err})") from None
+        if enc.analyzer not in ANALYZERS.values():
+            raise MosareError(f"the checkpoint's TF-IDF report encoder has an unknown analyzer {enc.analyzer!r}")
         if enc.components.shape[1] != len(enc.vocabulary) or enc.idf.shape[0] != len(enc.vocabulary):
             raise MosareError("the checkpoint's TF-IDF report encoder is inconsistent (vocabulary vs. arrays)")
         return enc

@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from helpers import rna_cohort
 from mosare.data.cohort import Cohort
 from mosare.config import ExperimentConfig, ModelConfig, TrainConfig
+from mosare.errors import MosareError
 from mosare.model.registry import build_model
 from mosare.train.data import fit_fold_features
 from mosare.train.experiment import model_config_for, run_experiment
@@ -195,6 +196,8 @@ def test_a_report_encoder_saved_before_the_analyzer_option_reads_words():
     old = TfidfSvdEncoder.from_state(arrays, meta)
     assert old.analyzer == "word"
     np.testing.assert_allclose(old.encode_reports(texts[:3]), enc.encode_reports(texts[:3]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(MosareError, match="unknown analyzer 'bigrams'"):
+        TfidfSvdEncoder.from_state(arrays, {**meta, "analyzer": "bigrams"})
 
 
 def test_report_encoder_stays_bounded_when_few_training_reports_remain():
