@@ -111,7 +111,8 @@ def test_app_opens_on_a_held_out_real_brca_patient():
 
     _report_highlighted(at)
     assert any("Slide missing" in i.value for i in _page(at, "slide").info)
-    assert any("TCGA-BRCA" in m.value for m in _page(at, "about").markdown)
+    about = [m.value for m in _page(at, "about").markdown]
+    assert any("TCGA-BRCA" in m for m in about) and any("character 3–5-gram TF-IDF" in m for m in about)
 
 
 def test_demo_case_run_and_every_page():
