@@ -31,6 +31,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from mosare.data.cohort import build_cohort  # noqa: E402
 from mosare.config import ExperimentConfig, ModelConfig  # noqa: E402
 from mosare.train.experiment import Fold, model_config_for  # noqa: E402
+from mosare.text.tfidf import tfidf_vectorizer  # noqa: E402
 from mosare.train.splits import patient_folds  # noqa: E402
 
 NAMES = {"rna": "RNA logistic regression", "rpt": "report TF-IDF logistic regression",
@@ -49,10 +50,9 @@ def fold_predictions(cohort, rna: np.ndarray, train: np.ndarray, test: np.ndarra
     texts = np.asarray(cohort.rpt_texts, dtype=object)
     both = has[test, 1] & has[test, 2]
     out = {"rna": p_r}
-    # word 1–2-grams as the shared references; character 3–5-grams as the default report encoder (20 000 features)
+    # word 1–2-grams as the shared references; the default report encoder's own TF-IDF (character 3–5-grams)
     for key, vec in (("", TfidfVectorizer(min_df=2, ngram_range=(1, 2), sublinear_tf=True)),
-                     ("_char", TfidfVectorizer(min_df=2, analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True,
-                                               max_features=20_000))):
+                     ("_char", tfidf_vectorizer("char"))):
         vec.fit(texts[tr_t])
         rpt_lr = LogisticRegression(C=10, max_iter=3000).fit(vec.transform(texts[tr_t]), y[tr_t])
         p_t = np.where(has[test, 2], rpt_lr.predict_proba(vec.transform(texts[test]))[:, 1], prior)

@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from mosare.data.cohort import build_cohort  # noqa: E402
-from mosare.config import ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
+from mosare.config import ANALYZERS, ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
 from mosare.model.registry import build_model  # noqa: E402
 from mosare.train.experiment import Fold, model_config_for  # noqa: E402
 from mosare.train.loop import fit  # noqa: E402
@@ -81,7 +81,8 @@ def validation_parser(out: str, folds_used: str) -> argparse.ArgumentParser:
     ap.add_argument("--folds-used", default=folds_used)
     ap.add_argument("--set", action="append", default=[], help="ModelConfig override key=value (repeatable)")
     ap.add_argument("--train-set", action="append", default=[], help="TrainConfig override key=value (repeatable)")
-    ap.add_argument("--text-encoder", default="tfidf", help="report encoder: tfidf (character n-grams), tfidf-word")
+    ap.add_argument("--text-encoder", default="tfidf", choices=tuple(ANALYZERS),
+                    help="fold-fitted report encoder: tfidf (character n-grams) or tfidf-word")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path(out))
     return ap

@@ -30,9 +30,7 @@ if "wsi" in pred.cfg.modalities:
         st.markdown(f"**Patch encoder**: `{enc.name}` ({enc.dim}-d) — {enc.provenance}")
     except MosareError as err:
         st.markdown(f"**Patch encoder**: unknown ({err})")
-grams = {"char": "character 3–5-gram", "word": "word 1–2-gram"}
-text_encoder = (f"{grams.get((info.text_encoder or {}).get('analyzer', 'word'), 'TF-IDF')} TF-IDF → SVD fitted on "
-                f"the training fold") if info.text_encoder else None
+text_encoder = f"{pred.text_encoder.description} fitted on the training fold" if pred.text_encoder else None
 st.markdown(f"**Report encoder**: `{text_encoder or info.text_model or 'all-MiniLM-L6-v2 (offline default)'}`")
 demo = info.extra.get("demo")
 if demo:

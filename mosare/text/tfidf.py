@@ -40,10 +40,14 @@ MAX_FEATURES = 20_000  # vocabulary cap: keeps the checkpoint small (the compone
 Z_CLIP = 10.0  # report vectors are z-scored, then clipped (as expression values are)
 
 
-def _vectorizer(analyzer: str, vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
-    """"char": character 3–5-grams inside word boundaries; "word": word unigrams and bigrams."""
-    if analyzer not in ANALYZERS.values():
-        raise MosareError(f"unknown TF-IDF analyzer {analyzer!r}; choose from {', '.join(ANALYZERS.values())}")
+GRAMS = {"char": "character 3–5-gram", "word": "word 1–2-gram"}  # analyzer -> what its vocabulary holds
+
+
+def tfidf_vectorizer(analyzer: str, vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
+    """The encoder's TF-IDF (unfitted, or on a fixed ``vocabulary``). "char": character 3–5-grams inside word
+    boundaries; "word": word unigrams and bigrams. ``bench/references.py`` fits its linear reference with it."""
+    if analyzer not in GRAMS:
+        raise MosareError(f"unknown TF-IDF analyzer {analyzer!r}; choose from {', '.join(GRAMS)}")
     grams = {"analyzer": "char_wb", "ngram_range": (3, 5)} if analyzer == "char" else {"ngram_range": (1, 2)}
     return TfidfVectorizer(min_df=2, sublinear_tf=True, max_features=MAX_FEATURES, vocabulary=vocabulary,
                            dtype=np.float32, **grams)
@@ -59,19 +63,25 @@ class TfidfSvdEncoder:
     components: np.ndarray
     mean: np.ndarray
     std: np.ndarray
-    analyzer: str = "char"
+    analyzer: str
 
     @property
     def dim(self) -> int:
         return int(self.components.shape[0])
 
+    @property
+    def description(self) -> str:
+        """e.g. "character 3–5-gram TF-IDF → 256-component SVD" (the app's model card)."""
+        return f"{GRAMS[self.analyzer]} TF-IDF → {self.dim}-component SVD"
+
     @classmethod
-    def fit(cls, texts: Sequence[str], dim: int = DEFAULT_DIM, seed: int = 0, analyzer: str = "char") -> TfidfSvdEncoder:
+    def fit(cls, texts: Sequence[str], dim: int = DEFAULT_DIM, seed: int = 0,
+            analyzer: str = ANALYZERS["tfidf"]) -> TfidfSvdEncoder:
         """Fit on training reports only (the caller's responsibility: pass no validation or test report)."""
         texts = [t for t in texts if t and t.strip()]
         if len(texts) < 4:
             raise MosareError(f"the TF-IDF report encoder needs at least 4 training reports, got {len(texts)}")
-        vec = _vectorizer(analyzer)
+        vec = tfidf_vectorizer(analyzer)
         try:
             x = vec.fit_transform(texts)
         except ValueError as err:  # e.g. every word is rarer than min_df
@@ -93,7 +103,7 @@ class TfidfSvdEncoder:
                    analyzer=analyzer)
 
     def _tfidf(self, texts: Sequence[str]):
-        vec = _vectorizer(self.analyzer, {w: i for i, w in enumerate(self.vocabulary)})
+        vec = tfidf_vectorizer(self.analyzer, {w: i for i, w in enumerate(self.vocabulary)})
         vec.idf_ = self.idf  # a fitted vectorizer without refitting: vocabulary + idf are all it needs
         return vec.transform(list(texts))
 
@@ -134,7 +144,7 @@ class TfidfSvdEncoder:
                       analyzer=str(meta.get("analyzer", "word")))  # checkpoints before the option: words
         except (KeyError, TypeError) as err:
             raise MosareError(f"the checkpoint's TF-IDF report encoder is incomplete (missing {err})") from None
-        if enc.analyzer not in ANALYZERS.values():
+        if enc.analyzer not in GRAMS:
             raise MosareError(f"the checkpoint's TF-IDF report encoder has an unknown analyzer {enc.analyzer!r}")
         if enc.components.shape[1] != len(enc.vocabulary) or enc.idf.shape[0] != len(enc.vocabulary):
             raise MosareError("the checkpoint's TF-IDF report encoder is inconsistent (vocabulary vs. arrays)")
