@@ -80,7 +80,7 @@ class TextBaseline(Baseline):
 
     name = "text"
     requires = ("rpt",)
-    default_lr = 3e-4  # bench/sweep.py (assets/results/lr-sweep)
+    default_lr = 1e-3  # bench/sweep.py, re-swept on the character encoder (assets/results/text-encoder/text-lr.csv)
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
