@@ -88,29 +88,21 @@ def training_grid(cfg: ExperimentConfig) -> list[tuple[str, float, tuple[str, ..
 
 
 class Fold:
-    """One fold's validation split, and the features fitted for a training setting (computed on first use and kept
-    for the next run of the same setting; a fold whose runs are all resumed fits nothing), on what the setting
-    lets training see (a masked modality is not fitted on):
-
-    - ``tokens(key, visible)``, for model selection: fitted on the training split only. The validation split must
-      stand to the features as the test fold does (a TF-IDF → SVD basis fitted with the validation reports gives
-      them components no training case has).
-    - ``tokens(key, visible, refit=True)``, for the refit on training + validation split: the whole pipeline is
-      refitted on the whole training fold (vocabulary, SVD basis, expression statistics, prototypes), as the
-      network is. Nothing is selected on the validation split after this; the test fold is never seen.
-    """
+    """One fold's validation split, and the features fitted on its training split for a training setting
+    (computed on first use and kept for the next run of the same setting; a fold whose runs are all resumed fits
+    nothing). Fitted on the training split only — the validation split must stand to the features as the test
+    fold does (a TF-IDF → SVD basis fitted with the validation reports gives them components no training case
+    has) — and on what the setting lets training see: a masked modality is not fitted on."""
 
     def __init__(self, cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: int, train_all: np.ndarray):
         self.train_idx, self.val_idx = train_val_split(train_all, cohort.labels, cfg.train.val_fraction, cfg.seed + k)
-        self._cohort, self._n_local, self._seed = cohort, mcfg.n_local, cfg.seed + k
-        self._cache: dict[tuple[str, bool], FoldFeatures] = {}
+        self._args = (cohort, self.train_idx, mcfg.n_local, cfg.seed + k)
+        self._cache: tuple[str, FoldFeatures] | None = None
 
-    def tokens(self, key: str, visible: np.ndarray, refit: bool = False) -> FoldFeatures:
-        if (key, refit) not in self._cache:
-            idx = np.concatenate([self.train_idx, self.val_idx]) if refit else self.train_idx
-            self._cache = {k: v for k, v in self._cache.items() if k[0] == key}  # keep one setting
-            self._cache[key, refit] = fit_fold_features(self._cohort, idx, self._n_local, self._seed, visible=visible)
-        return self._cache[key, refit]
+    def tokens(self, key: str, visible: np.ndarray) -> FoldFeatures:
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, fit_fold_features(*self._args, visible=visible))
+        return self._cache[1]
 
 
 def embedding_map(train: np.ndarray | None, test: np.ndarray | None, n_test: int) -> np.ndarray:
@@ -169,9 +161,7 @@ def _run_setting(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: in
         val_probs = predict_probs(model, cohort, tokens, split.val_idx, split.present, device)
         calib = fit_calibration(y_val, val_probs, cfg.conformal_alpha)
         seconds = res.seconds
-        if tcfg.refit:  # the selected number of epochs, now on training + validation split (features refitted
-            # on them too), from the same init; calibration stays the selection run's, fitted on the validation split
-            tokens = fold.tokens(f"{training}-{rate:g}", split.present, refit=True)
+        if tcfg.refit:  # the selected number of epochs, now on training + validation split, from the same init
             torch.manual_seed(cfg.seed + k)
             model = build_model(name, mcfg)
             seconds += refit(model, cohort, tokens, np.concatenate([split.train_idx, split.val_idx]), split.present,

@@ -178,32 +178,12 @@ def test_a_tfidf_checkpoint_embeds_a_new_report_as_its_training_fold_did(tmp_pat
 
 
 def experiment_fold_features(cohort: Cohort, cfg: ExperimentConfig, k: int):
-    """Fold k's features exactly as the experiment fitted them for the model it saved (the refit's)."""
+    """Fold k's features exactly as the experiment fitted them (its validation split, its training split)."""
     from mosare.train.experiment import Fold
     from mosare.train.splits import patient_folds
 
     train_all = patient_folds(cohort.labels, cfg.folds, cfg.seed)[k][0]
-    fold = Fold(cohort, cfg, model_config_for(cohort, cfg.model), k, train_all)
-    return fold.tokens("complete-0", cohort.present, refit=cfg.train.refit)
-
-
-def test_the_refit_refits_the_features_on_the_validation_split_too_but_never_on_the_test_fold():
-    from mosare.train.experiment import Fold
-    from mosare.train.splits import patient_folds
-
-    cohort = _report_cohort(text_encoder="tfidf-word")
-    cfg = ExperimentConfig(classes=("A", "B"), folds=2, model=SMALL)
-    train_all, test = patient_folds(cohort.labels, cfg.folds, cfg.seed)[0]
-    fold = Fold(cohort, cfg, model_config_for(cohort, cfg.model), 0, train_all)
-    assert len(fold.val_idx) >= 2
-    for i in fold.val_idx:  # a word only validation reports use, and one only test reports use (min_df = 2)
-        cohort.rpt_texts[i] += " Quokkaform pattern noted."
-    for i in test[:3]:
-        cohort.rpt_texts[i] += " Zebrafishoid pattern noted."
-    selection = set(fold.tokens("complete-0", cohort.present).text.vocabulary)
-    final = set(fold.tokens("complete-0", cohort.present, refit=True).text.vocabulary)
-    assert "quokkaform" not in selection and "quokkaform" in final
-    assert "zebrafishoid" not in selection | final
+    return Fold(cohort, cfg, model_config_for(cohort, cfg.model), k, train_all).tokens("complete-0", cohort.present)
 
 
 def test_a_report_encoder_saved_before_the_analyzer_option_reads_words():
