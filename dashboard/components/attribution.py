@@ -16,11 +16,13 @@ ATTRIBUTION_TITLE = "Attribution — what moved the prediction"
 ATTENTION_TITLE = "Attention — what the model looked at"
 HOW = {"rpt": "Occlusion: each sentence removed in turn and the report re-encoded",
        "rna": "Integrated gradients from the training-mean expression (each bar: the gene's share of the change in "
-              "probability between that baseline and this case)",
+              "log-odds between that baseline and this case)",
        "wsi": "Occlusion: each of the highest-attention tiles removed from the slide's bag in turn"}
-SCALE = {"rpt": "colour intensity = |Δ P| relative to the strongest sentence",
-         "rna": "bar length = Δ P",
-         "wsi": "colour = Δ P relative to the strongest tile, white = no effect"}
+SCALE = {"rpt": "colour intensity = |Δ log-odds| relative to the strongest sentence",
+         "rna": "bar length = Δ log-odds",
+         "wsi": "colour = Δ log-odds relative to the strongest tile, white = no effect"}
+UNIT = ("Scores are changes in the log-odds of the predicted class, log P − log(1 − P): ±1 multiplies or divides its "
+        "odds by e ≈ 2.7, whatever the probability (a probability barely moves once a case is confident).")
 ATTENTION_COLOUR = "#e66100"  # the report's attention hue: attention never in the attribution's red / blue
 
 
@@ -49,4 +51,4 @@ def legend(result: CaseAttribution, modality: str) -> str:
     m = result.modalities[modality]
     strongest = float(np.nanmax(np.abs(m.attribution))) if len(m.attribution) else 0.0
     return (f"{HOW[modality]}. Red: pushed toward **{result.label}**, blue: away from it; {SCALE[modality]} "
-            f"(Δ P({result.label}) up to ±{strongest:.3g}). Computed in {m.seconds:.2f} s.")
+            f"(Δ log-odds({result.label}) up to ±{strongest:.3g}). {UNIT} Computed in {m.seconds:.2f} s.")

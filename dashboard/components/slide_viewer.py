@@ -106,7 +106,8 @@ def tile_attribution(view: SlideView, result: CaseAttribution, gallery: int = 4)
     signed, att = np.full(n, np.nan), np.full(n, np.nan)
     signed[m.index], att[m.index] = m.attribution, heatmap.normalise(m.attention, "percentile")
     left, right = st.columns(2)
-    for col, values, cmap, bar in ((left, signed01(signed), DIVERGING_CMAP, ("Δ P when removed", "away", "toward")),
+    removed = ("Δ log-odds when removed", "away", "toward")
+    for col, values, cmap, bar in ((left, signed01(signed), DIVERGING_CMAP, removed),
                                    (right, att, heatmap.DEFAULT_COLORMAP, ("ABMIL attention (percentile)", "low", "high"))):
         with col:
             rgb = heatmap.heatmap_overlay(view.thumbnail, view.coords, view.tile_size, view.downsample, values, cmap,

@@ -45,7 +45,7 @@ if result is not None or scores is not None:
     if result is not None:
         signed = result.modalities["rpt"].attribution
         with left:
-            st.markdown(f"**Top sentences toward {result.label}** (Δ P when removed)")
+            st.markdown(f"**Top sentences toward {result.label}** (Δ log-odds when removed)")
             st.dataframe(rank_sentences(sentences, signed, k=5), hide_index=True)
             st.markdown(f"**Top sentences away from {result.label}**")
             away = rank_sentences(sentences, -signed, k=3)

@@ -8,6 +8,7 @@ import streamlit as st
 from dashboard import resources, state
 from dashboard.components.attribution import (ATTENTION_COLOUR, ATTENTION_TITLE, ATTRIBUTION_TITLE, case_attribution,
                                               legend)
+from mosare.explain.attribution import probability
 from mosare.explain.rna import bar_figure, gene_attention, pathway_attention, signed_bar_figure
 from mosare.data.rna import load_pathways
 
@@ -32,13 +33,15 @@ with left:
         m = result.modalities["rna"]
         top = np.argsort(-np.abs(m.attribution), kind="stable")[:k]
         st.plotly_chart(signed_bar_figure([m.items[i] for i in top], [float(m.attribution[i]) for i in top],
-                                          f"Top genes by |attribution| (Δ P({result.label}))", f"Δ P({result.label})"),
+                                          f"Top genes by |attribution| (Δ log-odds({result.label}))",
+                                          f"Δ log-odds({result.label})"),
                         key="rna_attr_genes")
         st.caption(legend(result, "rna"))
-        st.caption(f"Completeness: the attributions sum to {m.attribution.sum():+.4f}; P({result.label}) is "
-                   f"{m.reference:.4f} with this expression and {m.baseline:.4f} with every gene at its training mean "
-                   f"(difference {m.reference - m.baseline:+.4f}; a gap is where the model's top-k routing jumps on the "
-                   "way, which gradients cannot see).")
+        st.caption(f"Completeness: the attributions sum to {m.attribution.sum():+.3f}; the log-odds of {result.label} "
+                   f"is {m.reference:+.3f} with this expression (P = {probability(m.reference):.4f}) and "
+                   f"{m.baseline:+.3f} with every gene at its training mean (P = {probability(m.baseline):.4f}), a "
+                   f"difference of {m.reference - m.baseline:+.3f}; a gap is where the model's top-k routing jumps on "
+                   "the way, which gradients cannot see.")
     else:
         st.info("No attribution for this selection.")
 with right:

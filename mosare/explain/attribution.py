@@ -1,20 +1,23 @@
 """Attributions: what *moved* a prediction, beside the attention maps (what the model *looked at*).
 
-Every score is signed and in units of the predicted class's probability: positive = the item pushed the
-model toward its predicted class, negative = away from it.
+Every score is signed and in units of the predicted class's log-odds, ``log P(c) − log(1 − P(c))`` (the
+logit for two classes): positive = the item pushed the model toward its predicted class, negative = away from
+it. Log-odds, not probability: P(c) is flat where a case is confident, so a sentence that moves a confident
+case's log-odds from 11 to 9 (its odds divided by e²) would show as Δ P ≈ 1e-4, and the same evidence in a
+borderline case (from +1 to −1) as Δ P ≈ 0.46; in log-odds both read 2. :func:`probability` converts back.
 
-* Report sentences — occlusion: ``P(c | report) − P(c | report without the sentence)``. The sentence is
-  removed from the sentence bag (its local tokens are refitted over the remaining sentences) and the
+* Report sentences — occlusion: ``L(c | report) − L(c | report without the sentence)`` (L: log-odds). The
+  sentence is removed from the sentence bag (its local tokens are refitted over the remaining sentences) and the
   whole-report vector is re-encoded from the text of the remaining sentences (the checkpoint's fitted
   TF-IDF → SVD encoder, or the sentence model's chunked embedding). The reference report is the same
   rendering with every sentence kept, so a sentence's score holds that sentence's effect only.
-* Genes — integrated gradients (Sundararajan et al., 2017) of ``P(c)`` with respect to the *standardised*
+* Genes — integrated gradients (Sundararajan et al., 2017) of ``L(c)`` with respect to the *standardised*
   expression the model sees, from the baseline 0 (every gene at its training mean); 64 gradient evaluations,
-  placed where P changes along the path (composite Gauss–Legendre, :func:`path_grid`), in one batched
-  backward pass. Completeness (``Σ attributions = P(c | x) − P(c | baseline)``) is checked and its gap
-  reported: the model's top-k routing (sparse MoE, activation gate) makes P jump where a routing choice
+  placed where L changes along the path (composite Gauss–Legendre, :func:`path_grid`), in one batched
+  backward pass. Completeness (``Σ attributions = L(c | x) − L(c | baseline)``) is checked and its gap
+  reported: the model's top-k routing (sparse MoE, activation gate) makes L jump where a routing choice
   flips on the path, and gradients cannot see jumps, so the gap is not exactly zero.
-* Slide tiles — occlusion of the ``top_tiles`` highest-attention tiles: ``P(c) − P(c | bag without the tile)``
+* Slide tiles — occlusion of the ``top_tiles`` highest-attention tiles: ``L(c) − L(c | bag without the tile)``
   (the tile leaves the ABMIL bag and the slide's local tokens are refitted without it).
 
 All variants of one case go through the model as rows of one batch (a few passes in all). Nothing here
@@ -48,9 +51,10 @@ class ModalityAttribution:
     """One modality's signed attribution and the attention of the same items, side by side.
 
     ``index`` [n] are the items' positions in the case (sentence, gene or tile number); ``attribution`` [n] is
-    the signed Δ P(predicted class); ``attention`` [n] the attention the item got (None when the model has
-    none for it). ``reference`` is P(c) of the input the deltas are taken from; for integrated gradients
-    ``baseline`` is P(c) at the all-training-mean expression and ``gap`` = Σ attribution − (reference − baseline).
+    the signed Δ log-odds of the predicted class; ``attention`` [n] the attention the item got (None when the
+    model has none for it). ``reference`` is the log-odds of the input the deltas are taken from; for integrated
+    gradients ``baseline`` is the log-odds at the all-training-mean expression and ``gap`` = Σ attribution −
+    (reference − baseline).
     """
 
     modality: str
@@ -107,11 +111,22 @@ def _local(bags: list[np.ndarray], protos: np.ndarray | None, c: int, dim: int) 
     return _t(out)
 
 
+def log_odds(logits: torch.Tensor, target: int) -> torch.Tensor:
+    """[V, K] logits -> [V] log-odds of class ``target``: its logit minus the log-sum-exp of the others
+    (= log P − log(1 − P), computed without forming P, so a confident case keeps its digits)."""
+    others = torch.cat([logits[:, :target], logits[:, target + 1:]], dim=1)
+    return logits[:, target] - torch.logsumexp(others, dim=1)
+
+
+def probability(log_odds_value: float | np.ndarray) -> float | np.ndarray:
+    """P(c) of a log-odds (the logistic function)."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(log_odds_value, np.float64)))
+
+
 @torch.no_grad()
-def _probs(predictor: Predictor, batch: Batch, target: int) -> np.ndarray:
+def _log_odds(predictor: Predictor, batch: Batch, target: int) -> np.ndarray:
     out = predictor.model(batch.to(predictor.device))
-    # float64 softmax of the logits: a confident case's P(c) ≈ 1 − 1e-5 keeps its digits
-    return torch.softmax(out.logits.double(), -1)[:, target].cpu().numpy()
+    return log_odds(out.logits.double(), target).cpu().numpy()
 
 
 def _row_floats(b: Batch) -> int:
@@ -163,10 +178,10 @@ def _report_globals(predictor: Predictor, case: Case, drops: Sequence[Sequence[i
     return out
 
 
-def report_variant_probs(predictor: Predictor, case: Case, drops: Sequence[Sequence[int]], target: int,
-                         use: np.ndarray | None = None, embedder=None) -> np.ndarray:
-    """P(``target``) [V] of the case with each set of report sentences in ``drops`` removed (an empty set:
-    the reference rendering of the whole report). Other modalities as selected by ``use``."""
+def report_variant_log_odds(predictor: Predictor, case: Case, drops: Sequence[Sequence[int]], target: int,
+                            use: np.ndarray | None = None, embedder=None) -> np.ndarray:
+    """Log-odds of ``target`` [V] of the case with each set of report sentences in ``drops`` removed (an empty
+    set: the reference rendering of the whole report). Other modalities as selected by ``use``."""
     used = _use(predictor, case, use)
     if not used[2] or case.sentence_emb is None:
         raise ValueError("the report is not among the modalities given to the model")
@@ -180,14 +195,14 @@ def report_variant_probs(predictor: Predictor, case: Case, drops: Sequence[Seque
         bag, mask = pad_bags(bags[sl], dim)
         rows = replace(_rows(base, sl.stop - sl.start), rpt_bag=bag, rpt_bag_mask=mask, rpt_global=_t(glob[sl]),
                        rpt_local=_local(bags[sl], protos, predictor.cfg.n_local, dim))
-        out.append(_probs(predictor, rows, target))
+        out.append(_log_odds(predictor, rows, target))
     return np.concatenate(out)
 
 
-def rna_variant_probs(predictor: Predictor, case: Case, zeroed: Sequence[Sequence[int]], target: int,
-                      use: np.ndarray | None = None, rows: torch.Tensor | None = None) -> np.ndarray:
-    """P(``target``) [V] with each set of genes set to its training mean (0 in the standardised space); or,
-    given ``rows`` [V, G], with those standardised expression vectors."""
+def rna_variant_log_odds(predictor: Predictor, case: Case, zeroed: Sequence[Sequence[int]], target: int,
+                         use: np.ndarray | None = None, rows: torch.Tensor | None = None) -> np.ndarray:
+    """Log-odds of ``target`` [V] with each set of genes set to its training mean (0 in the standardised space);
+    or, given ``rows`` [V, G], with those standardised expression vectors."""
     used = _use(predictor, case, use)
     if not used[1]:
         raise ValueError("RNA is not among the modalities given to the model")
@@ -198,13 +213,13 @@ def rna_variant_probs(predictor: Predictor, case: Case, zeroed: Sequence[Sequenc
             rows[v, np.asarray(list(genes), int)] = 0.0
     out = []
     for sl in _chunks(len(rows), _row_floats(base)):
-        out.append(_probs(predictor, replace(_rows(base, sl.stop - sl.start), rna=rows[sl]), target))
+        out.append(_log_odds(predictor, replace(_rows(base, sl.stop - sl.start), rna=rows[sl]), target))
     return np.concatenate(out)
 
 
-def tile_variant_probs(predictor: Predictor, case: Case, drops: Sequence[Sequence[int]], target: int,
-                       use: np.ndarray | None = None) -> np.ndarray:
-    """P(``target``) [V] with each set of tiles removed from the slide's bag (local tokens refitted)."""
+def tile_variant_log_odds(predictor: Predictor, case: Case, drops: Sequence[Sequence[int]], target: int,
+                          use: np.ndarray | None = None) -> np.ndarray:
+    """Log-odds of ``target`` [V] with each set of tiles removed from the slide's bag (local tokens refitted)."""
     used = _use(predictor, case, use)
     if not used[0]:
         raise ValueError("the slide is not among the modalities given to the model")
@@ -218,7 +233,7 @@ def tile_variant_probs(predictor: Predictor, case: Case, drops: Sequence[Sequenc
         for v, s in enumerate(sets):
             mask[v, s] = False
         local = _local([np.delete(patches, s, axis=0) for s in sets], protos, predictor.cfg.n_local, patches.shape[1])
-        out.append(_probs(predictor, replace(_rows(base, len(sets)), wsi_bag_mask=mask, wsi_local=local), target))
+        out.append(_log_odds(predictor, replace(_rows(base, len(sets)), wsi_bag_mask=mask, wsi_local=local), target))
     return np.concatenate(out)
 
 
@@ -255,13 +270,13 @@ def path_grid(levels: np.ndarray, values: np.ndarray, steps: int, order: int = 2
 
 def integrated_gradients(predictor: Predictor, case: Case, target: int, use: np.ndarray | None = None,
                          steps: int = IG_STEPS, coarse: int = 16) -> tuple[np.ndarray, float, float]:
-    """Integrated gradients of P(``target``) (the probability, not the logit) w.r.t. the standardised
-    expression ``x`` [G], from the baseline 0 (every gene at its training mean):
-    ``x · Σ_k w_k ∇P(α_k x)`` with the nodes ``α_k`` and weights ``w_k`` of :func:`path_grid` (one forward pass
-    over the :func:`coarse_levels` first places them where P changes). The gradients of all steps come from
-    one batched forward and backward pass (grad enabled here: the Predictor's own methods run without it).
+    """Integrated gradients of the log-odds L of ``target`` w.r.t. the standardised expression ``x`` [G], from
+    the baseline 0 (every gene at its training mean): ``x · Σ_k w_k ∇L(α_k x)`` with the nodes ``α_k`` and
+    weights ``w_k`` of :func:`path_grid` (one forward pass over the :func:`coarse_levels` first places them where
+    L changes). The gradients of all steps come from one batched forward and backward pass (grad enabled here:
+    the Predictor's own methods run without it).
 
-    Returns ``(attribution [G], P(target | x), P(target | baseline))``; completeness: Σ attribution ≈ the
+    Returns ``(attribution [G], L(target | x), L(target | baseline))``; completeness: Σ attribution ≈ the
     difference of the two (the caller reports the gap).
     """
     used = _use(predictor, case, use)
@@ -270,7 +285,7 @@ def integrated_gradients(predictor: Predictor, case: Case, target: int, use: np.
     base, _ = predictor.batch(case, used)
     x = base.rna[0]
     levels = coarse_levels(coarse)
-    on_path = rna_variant_probs(predictor, case, [], target, used, rows=_t(levels[:, None] * x.numpy()[None]))
+    on_path = rna_variant_log_odds(predictor, case, [], target, used, rows=_t(levels[:, None] * x.numpy()[None]))
     nodes, weights = path_grid(levels, on_path, steps)
     x = x.to(predictor.device)
     grads = torch.zeros_like(x)
@@ -278,9 +293,9 @@ def integrated_gradients(predictor: Predictor, case: Case, target: int, use: np.
         path = (torch.as_tensor(nodes[sl], dtype=x.dtype, device=x.device)[:, None] * x[None]).requires_grad_(True)
         rows = replace(_rows(base, sl.stop - sl.start).to(predictor.device), rna=path)
         with torch.enable_grad():
-            p = predictor.model(rows).probs[:, target]
-            w = torch.as_tensor(weights[sl], dtype=p.dtype, device=p.device)
-            (g,) = torch.autograd.grad((p * w).sum(), path)  # w.r.t. the input only: no .grad on the weights
+            lo = log_odds(predictor.model(rows).logits, target)
+            w = torch.as_tensor(weights[sl], dtype=lo.dtype, device=lo.device)
+            (g,) = torch.autograd.grad((lo * w).sum(), path)  # w.r.t. the input only: no .grad on the weights
         grads += g.sum(0)
     attr = (x * grads).detach().cpu().numpy().astype(np.float64)
     return attr, float(on_path[-1]), float(on_path[0])
@@ -314,10 +329,10 @@ def attribute(predictor: Predictor, case: Case, use: np.ndarray | None = None,
         t = time.perf_counter()
         if m == "rpt" and case.sentences:
             s = len(case.sentences)
-            probs = report_variant_probs(predictor, case, [[]] + [[i] for i in range(s)], target, used, embedder)
+            lo = report_variant_log_odds(predictor, case, [[]] + [[i] for i in range(s)], target, used, embedder)
             att = None if pred.sentence_scores is None else np.asarray(pred.sentence_scores, np.float64)
             result.modalities[m] = ModalityAttribution(m, METHODS[m], list(case.sentences), np.arange(s),
-                                                       probs[0] - probs[1:], att, float(probs[0]), 0.0)
+                                                       lo[0] - lo[1:], att, float(lo[0]), 0.0)
         elif m == "rna" and case.rna is not None:
             attr, fx, f0 = integrated_gradients(predictor, case, target, used, steps)
             att = pred.attention.get("rna_gene")
@@ -328,9 +343,9 @@ def attribute(predictor: Predictor, case: Case, use: np.ndarray | None = None,
         elif m == "wsi" and case.patches is not None and "wsi_patch" in pred.attention:
             att = np.asarray(pred.attention["wsi_patch"], np.float64)
             top = np.argsort(-att, kind="stable")[: max(1, int(top_tiles))]
-            probs = tile_variant_probs(predictor, case, [[]] + [[int(i)] for i in top], target, used)
+            lo = tile_variant_log_odds(predictor, case, [[]] + [[int(i)] for i in top], target, used)
             result.modalities[m] = ModalityAttribution(m, METHODS[m], [f"tile #{i}" for i in top], top,
-                                                       probs[0] - probs[1:], att[top], float(probs[0]), 0.0)
+                                                       lo[0] - lo[1:], att[top], float(lo[0]), 0.0)
         if m in result.modalities:
             result.modalities[m].seconds = time.perf_counter() - t
         _progress(on_progress, n + 1, len(wanted), start)

@@ -83,7 +83,8 @@ def signed_highlight_html(
 
     Args:
         sentences: the report's sentences, in order.
-        scores: ``[S]`` signed attribution, e.g. Δ P(``label``) when the sentence is removed; NaN: not scored.
+        scores: ``[S]`` signed attribution, e.g. Δ log-odds(``label``) when the sentence is removed; NaN: not
+            scored.
         label: the class the scores point toward (shown in the tooltips).
         toward, away: the hues of positive and negative scores; the alpha grows linearly with
             ``|score| / max |score|`` from 0.05 to 0.85 (a zero score stays almost clear).
@@ -106,7 +107,7 @@ def signed_highlight_html(
             spans.append(f'<span class="mosare-sentence">{text}</span>')
             continue
         alpha = ALPHA_MIN + (ALPHA_MAX - ALPHA_MIN) * min(1.0, abs(s[i]) / scale)
-        spans.append(_span(text, rank.get(i), "mosare-toward", f"{s[i]:+.4g}", f"Δ P({name}) = {s[i]:+.4g}",
+        spans.append(_span(text, rank.get(i), "mosare-toward", f"{s[i]:+.4g}", f"Δ log-odds({name}) = {s[i]:+.4g}",
                            toward if s[i] >= 0 else away, alpha))
     return '<div class="mosare-attribution">' + " ".join(spans) + "</div>"
 
