@@ -177,7 +177,8 @@ def main() -> None:
         out += ["#### Learning-rate sweep (validation splits only; `bench/sweep.py`, `assets/results/lr-sweep/`)", "",
                 "The sweep was stopped when the results run had to start: `mosare` has folds 0–1, the other "
                 "models fold 0 (and `mosare-paper` fold 1 at 1e-4). Defaults, by lowest validation loss: `mosare` "
-                "1e-4, `snn` 1e-3, `text` 3e-4; `mosare-paper` shares `mosare`'s 1e-4 (its fold-0 minimum was at "
+                "1e-4, `snn` 1e-3, `text` 3e-4 (since re-swept on the character encoder: 1e-3, see the report encoder "
+                "below); `mosare-paper` shares `mosare`'s 1e-4 (its fold-0 minimum was at "
                 "3e-4: a thin basis, said so here). It ran with per-fold early stopping (`--selection best`, the default "
                 "then).", ""] + sweep(r / "lr-sweep") + [""]
     lls = r / "lr-sweep" / "linear-lr-scale.md"

@@ -47,7 +47,7 @@ def _one(model: str, k: int) -> list[dict]:
     inner_tr, inner_va = train_val_split(fold.train_idx, cohort.labels, tcfg.val_fraction, k)
     start = time.perf_counter()
     features = {"same": fit_fold_features(cohort, inner_tr, mcfg.n_local, k),
-                "refitted": fit_fold_features(cohort, fold.train_idx, mcfg.n_local, k)}
+                "refitted": fold.tokens("complete-0", cohort.present)}  # the experiment's features of fold k
     torch.manual_seed(k)
     res = fit(build_model(model, mcfg), cohort, features["same"], inner_tr, inner_va, cohort.present, tcfg, cpu,
               progress=False)
