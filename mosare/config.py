@@ -129,6 +129,8 @@ class TrainConfig:
     val_fraction: float = 0.2
     refit: bool = True  # after selection, retrain on training + validation split for the selected number of epochs
     # (the validation split still fits the temperature, threshold and conformal sets, from the selection run)
+    refit_features: bool | None = None  # the refit also refits the features on training + validation split;
+    # None: each model's own ``refit_features`` (bench/refit_features.py: on for ``text``, off for ``mosare``)
     max_patches: int = 2048  # patches sampled per slide when training; all at inference
     max_sentences: int = 64  # sentences sampled per report bag when training (baselines' text bags); all at inference
     device: str = "auto"
@@ -140,6 +142,7 @@ class TrainConfig:
                   (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"), (self.align_warmup >= 0, "align_warmup must be >= 0"),
                   (self.patience >= 1, "patience must be at least 1"), (0 < self.val_fraction < 1, "val_fraction must lie in (0, 1)"),
                   (self.selection in ("best", "last"), f"selection must be 'best' or 'last', got {self.selection!r}"),
+                  (self.refit_features in (None, True, False), "refit_features must be true, false or null"),
                   (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"unknown device {self.device!r}")]
         for ok, msg in checks:
             if not ok:

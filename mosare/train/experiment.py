@@ -16,7 +16,8 @@ With ``train.refit`` (the default) the selected number of epochs (with "last": t
 training + validation split from the same initialisation, and that model is scored and saved: selection needs
 held-out cases, but throwing a fifth of the training fold away for the final model costs accuracy (scikit-learn's
 refit after a search does the same). The threshold, temperature and conformal quantile come from the selection
-run's validation predictions.
+run's validation predictions. A model with ``refit_features`` (``text``; ``train.refit_features`` overrides) also
+has its features refitted on training + validation split for the refit; the others keep the selection run's.
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ import torch
 from tqdm.auto import tqdm
 
 from mosare import MODALITIES
-from mosare.config import ExperimentConfig, ModelConfig, to_dict
+from mosare.config import ExperimentConfig, ModelConfig, TrainConfig, to_dict
 from mosare.data.cohort import Cohort
 from mosare.errors import MosareError
 from mosare.io.atomic import atomic_write_text
+from mosare.model.base import SubtypingModel
 from mosare.model.checkpoint import save_checkpoint
 from mosare.model.registry import applicability, build_model
 from mosare.text.leak_audit import leak_audit
@@ -88,21 +90,29 @@ def training_grid(cfg: ExperimentConfig) -> list[tuple[str, float, tuple[str, ..
 
 
 class Fold:
-    """One fold's validation split, and the features fitted on its training split for a training setting
-    (computed on first use and kept for the next run of the same setting; a fold whose runs are all resumed fits
-    nothing). Fitted on the training split only — the validation split must stand to the features as the test
-    fold does (a TF-IDF → SVD basis fitted with the validation reports gives them components no training case
-    has) — and on what the setting lets training see: a masked modality is not fitted on."""
+    """One fold's validation split, and the features fitted for a training setting (computed on first use and kept
+    for the next run of the same setting; a fold whose runs are all resumed fits nothing), on what the setting
+    lets training see (a masked modality is not fitted on):
+
+    - ``tokens(key, visible)``, for model selection: fitted on the training split only. The validation split must
+      stand to the features as the test fold does (a TF-IDF → SVD basis fitted with the validation reports gives
+      them components no training case has).
+    - ``tokens(key, visible, refit=True)``, for the refit of a model whose features are refitted too
+      (``TrainConfig.refit_features``): fitted on training + validation split, as the refit's network is. Nothing
+      is selected on the validation split after this; the test fold is never seen.
+    """
 
     def __init__(self, cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: int, train_all: np.ndarray):
         self.train_idx, self.val_idx = train_val_split(train_all, cohort.labels, cfg.train.val_fraction, cfg.seed + k)
-        self._args = (cohort, self.train_idx, mcfg.n_local, cfg.seed + k)
-        self._cache: tuple[str, FoldFeatures] | None = None
+        self._cohort, self._n_local, self._seed = cohort, mcfg.n_local, cfg.seed + k
+        self._cache: dict[tuple[str, bool], FoldFeatures] = {}
 
-    def tokens(self, key: str, visible: np.ndarray) -> FoldFeatures:
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, fit_fold_features(*self._args, visible=visible))
-        return self._cache[1]
+    def tokens(self, key: str, visible: np.ndarray, refit: bool = False) -> FoldFeatures:
+        if (key, refit) not in self._cache:
+            idx = np.concatenate([self.train_idx, self.val_idx]) if refit else self.train_idx
+            self._cache = {c: v for c, v in self._cache.items() if c[0] == key}  # keep one setting
+            self._cache[key, refit] = fit_fold_features(self._cohort, idx, self._n_local, self._seed, visible=visible)
+        return self._cache[key, refit]
 
 
 def embedding_map(train: np.ndarray | None, test: np.ndarray | None, n_test: int) -> np.ndarray:
@@ -113,6 +123,12 @@ def embedding_map(train: np.ndarray | None, test: np.ndarray | None, n_test: int
     mean = train.mean(0)
     _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
     return (test - mean) @ vt[:2].T
+
+
+def refits_features(model: SubtypingModel, tcfg: TrainConfig) -> bool:
+    """Whether the refit refits the features on training + validation split: the config's choice, else the
+    model's own (``SubtypingModel.refit_features``, chosen by bench/refit_features.py on validation splits)."""
+    return model.refit_features if tcfg.refit_features is None else tcfg.refit_features
 
 
 def _subset_name(present: np.ndarray, mods: tuple[str, ...]) -> str:
@@ -164,6 +180,8 @@ def _run_setting(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: in
         if tcfg.refit:  # the selected number of epochs, now on training + validation split, from the same init
             torch.manual_seed(cfg.seed + k)
             model = build_model(name, mcfg)
+            if refits_features(model, tcfg):  # calibration stays the selection run's (validation split)
+                tokens = fold.tokens(f"{training}-{rate:g}", split.present, refit=True)
             seconds += refit(model, cohort, tokens, np.concatenate([split.train_idx, split.val_idx]), split.present,
                              tcfg, device, res.best_epoch + 1, desc=f"{name} refit f{k}", progress=progress)
         rows, runs, subsets, preds = [], [], [], []
@@ -181,7 +199,8 @@ def _run_setting(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: in
                       zip(prediction_rows(cohort, test_idx, probs, names, calib, {**base, "scenario": s}), emb)]
             runs.append({**base, "scenario": s, "status": "ok", "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
                          "val_loss": round(res.best_val_loss, 4), "val_auc": res.best_val_auc, **calib,
-                         "refit": tcfg.refit, "seconds": round(seconds, 2),
+                         "refit": tcfg.refit, "refit_features": tcfg.refit and refits_features(model, tcfg),
+                         "seconds": round(seconds, 2),
                          "n_train": len(split.train_idx) + (len(split.val_idx) if tcfg.refit else 0),
                          "checkpoint": str(stem.relative_to(out))})
         meta = {"classes": list(cohort.classes), "genes": cohort.genes, "text_model": text_model,

@@ -177,13 +177,41 @@ def test_a_tfidf_checkpoint_embeds_a_new_report_as_its_training_fold_did(tmp_pat
     assert predictor.predict(case).probs.shape == (2,)
 
 
-def experiment_fold_features(cohort: Cohort, cfg: ExperimentConfig, k: int):
-    """Fold k's features exactly as the experiment fitted them (its validation split, its training split)."""
+def experiment_fold_features(cohort: Cohort, cfg: ExperimentConfig, k: int, refit: bool = True):
+    """Fold k's features exactly as the experiment fitted them: for the selection run (its training split) or,
+    with ``refit``, for a ``text`` refit, which refits them on training + validation split."""
     from mosare.train.experiment import Fold
     from mosare.train.splits import patient_folds
 
     train_all = patient_folds(cohort.labels, cfg.folds, cfg.seed)[k][0]
-    return Fold(cohort, cfg, model_config_for(cohort, cfg.model), k, train_all).tokens("complete-0", cohort.present)
+    fold = Fold(cohort, cfg, model_config_for(cohort, cfg.model), k, train_all)
+    return fold.tokens("complete-0", cohort.present, refit=refit)
+
+
+@pytest.mark.parametrize(("refit_features", "validation_word_seen"), [(None, True), (False, False)])
+def test_the_text_refit_refits_its_report_encoder_on_the_validation_split_but_never_on_the_test_fold(
+        tmp_path, refit_features, validation_word_seen):
+    """``text`` (refit_features by default) saves an encoder fitted on training + validation split; with
+    ``train.refit_features: false`` the selection run's (training split only). Neither ever sees the test fold."""
+    from mosare.inference import Predictor
+    from mosare.train.experiment import Fold
+    from mosare.train.splits import patient_folds
+
+    cohort = _report_cohort(text_encoder="tfidf-word")
+    cfg = ExperimentConfig(classes=("A", "B"), folds=2, models=("text",), scenarios=("complete",), model=SMALL,
+                           train=TrainConfig(epochs=1, batch_size=16, device="cpu", refit_features=refit_features))
+    train_all, test = patient_folds(cohort.labels, cfg.folds, cfg.seed)[0]
+    fold = Fold(cohort, cfg, model_config_for(cohort, cfg.model), 0, train_all)
+    assert len(fold.val_idx) >= 2  # min_df = 2: a word in every validation report can enter the vocabulary
+    for i in fold.val_idx:
+        cohort.rpt_texts[i] += " Quokkaform pattern noted."
+    for i in test[:3]:
+        cohort.rpt_texts[i] += " Zebrafishoid pattern noted."
+    run_experiment(cohort, cfg, tmp_path, progress=False)
+    vocab = set(Predictor(tmp_path / "checkpoints" / "text" / "complete-0" / "fold0.safetensors").text_encoder.vocabulary)
+    assert ("quokkaform" in vocab) is validation_word_seen and "zebrafishoid" not in vocab and "spiculated" in vocab
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert runs.refit_features.tolist() == [validation_word_seen] * cfg.folds
 
 
 def test_a_report_encoder_saved_before_the_analyzer_option_reads_words():
