@@ -62,6 +62,9 @@ class ModelConfig:
     linear_aux: float = 1.0  # weight of each modality's own cross-entropy on its linear logits (unimodal supervision)
     linear_detach: bool = True  # the fused loss does not train the linear path, only linear_aux does: each modality's
     # linear path is its own logistic regression, and the network learns what they leave (bench/selection.py)
+    text_linear_path: bool = False  # `text` too: the same linear path (linear_l2, linear_lr_scale, linear_aux,
+    # linear_detach) on the report vector beside its network; off: no setting lowered text's validation loss
+    # (bench/sweep.py, assets/results/text-linear)
     # ablation switches (paper Tables 4–5)
     use_cma: bool = True
     use_moe: bool = True

@@ -29,7 +29,7 @@ FORMAT = "mosare-checkpoint/1"
 # ModelConfig fields added after the first checkpoints were written, with the value those checkpoints were
 # trained with (the paper's choices): a config without the key gets it, so old checkpoints load unchanged.
 LEGACY_DEFAULTS = {"fusion": "sum", "linear_path": False, "rna_sample_norm": True, "input_dropout": 0.0, "linear_l2": 0.0,
-                   "linear_aux": 0.0, "linear_detach": False}
+                   "linear_aux": 0.0, "linear_detach": False, "text_linear_path": False}
 _EXTRA = "extra."
 _SAVE_ID = "mosare_save_id"
 

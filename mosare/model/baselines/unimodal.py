@@ -7,7 +7,8 @@ A case lacking the model's modality gets a zero embedding (zero-imputation, see
 from __future__ import annotations
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from mosare.config import ModelConfig
 from mosare.model.abmil import ABMILEncoder
@@ -70,11 +71,14 @@ class ABMILBaseline(Baseline):
 
 class TextBaseline(Baseline):
     """Report-only model: gated ABMIL over sentence embeddings plus a projection of the whole-report
-    embedding.
+    embedding, and (``text_linear_path``) a logistic regression on the report vector beside them.
 
     rpt_bag [B, Ns, Dt], rpt_bag_mask [B, Ns] -> ABMILEncoder -> [B, H];
     rpt_global [B, Dt] -> LayerNorm → Linear → ReLU → Dropout -> [B, H];
-    concat [B, 2H] -> Linear → ReLU → Dropout -> [B, H] -> Linear -> logits [B, K].
+    concat [B, 2H] -> Linear → ReLU → Dropout -> [B, H] -> Linear -> logits [B, K];
+    + linear path rpt_global [B, Dt] -> Dropout → Linear -> [B, K] (MoSARe's, with its settings: ridge
+    ``linear_l2``, step ``linear_lr_scale`` × lr, own cross-entropy ``linear_aux``; with ``linear_detach`` the
+    network's loss does not train it). Zero for a case without a report. aux: the linear logits [B, K].
     attention["rpt_sentence"] [B, Ns].
     """
 
@@ -89,6 +93,8 @@ class TextBaseline(Baseline):
         self.global_proj = nn.Sequential(nn.LayerNorm(cfg.rpt_dim, elementwise_affine=False), mlp(cfg.rpt_dim, cfg.hidden, cfg.dropout))
         self.head = mlp(2 * cfg.hidden, cfg.hidden, cfg.dropout)
         self.classifier = nn.Linear(cfg.hidden, cfg.n_classes)
+        self.linear = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.rpt_dim, cfg.n_classes)) \
+            if cfg.text_linear_path else None
 
     def forward(self, batch: Batch) -> ModelOutput:
         bag, mask = bag_of(batch, "rpt")
@@ -96,4 +102,31 @@ class TextBaseline(Baseline):
         pooled, attn = self.sentences(bag, mask)  # [B, H], [B, Ns]
         emb = impute_zeros(torch.cat([pooled, self.global_proj(batch.rpt_global)], dim=-1), present)  # [B, 2H]
         logits = self.classifier(self.head(emb))
-        return self.finish(logits, {"rpt_sentence": impute_zeros(attn, present)})
+        linear = None
+        if self.linear is not None:
+            drop, layer = self.linear
+            x, here = drop(batch.rpt_global), present[:, None].to(logits.dtype)
+            linear = F.linear(x, layer.weight, layer.bias) * here  # [B, K]
+            fused = F.linear(x, layer.weight.detach(), layer.bias.detach()) * here if self.cfg.linear_detach else linear
+            logits = logits + fused
+        out = self.finish(logits, {"rpt_sentence": impute_zeros(attn, present)})
+        out.aux = linear
+        return out
+
+    def loss(self, batch: Batch, out: ModelOutput, epoch: int) -> tuple[Tensor, dict[str, float]]:
+        """Cross-entropy of the logits; with the linear path, + its ridge and its own cross-entropy (cases with a
+        report) weighted by ``linear_aux``."""
+        total, parts = super().loss(batch, out, epoch)
+        if self.linear is None:
+            return total, parts
+        total = total + self.cfg.linear_l2 * self.linear[1].weight.pow(2).sum()
+        here = present_of(batch, "rpt").bool()
+        if self.cfg.linear_aux > 0 and here.any():
+            uni = F.cross_entropy(out.aux[here], batch.labels[here])
+            total = total + self.cfg.linear_aux * uni
+            parts["uni"] = float(uni.detach())
+        return total, parts
+
+    def lr_scale(self, param_name: str) -> float:
+        """The linear path is a logistic regression: it needs a larger step than the network to converge."""
+        return self.cfg.linear_lr_scale if param_name.startswith("linear.") else 1.0
