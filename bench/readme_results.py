@@ -190,7 +190,11 @@ def main() -> None:
              ("text-encoder", "Report encoder: character n-grams or words (validation splits only; `bench/sweep.py`, "
                               "`assets/results/text-encoder/`)"),
              ("ensemble", "Averaging several networks (validation splits only; `bench/ensemble.py`, "
-                          "`assets/results/ensemble/`)"))
+                          "`assets/results/ensemble/`)"),
+             ("refit-features", "Refitting the features for the refit (validation splits only; "
+                                "`bench/refit_features.py`, `assets/results/refit-features/`)"),
+             ("text-linear", "A linear path for `text` (validation splits only; `bench/sweep.py`, "
+                             "`assets/results/text-linear/`)"))
     for folder, title in notes:
         note = r / folder / "README.md"
         if note.is_file():  # the note without its own title line

@@ -224,3 +224,24 @@ def test_random_batch_helper() -> None:
     assert (full.wsi_bag[~full.wsi_bag_mask] == 0).all()
     only_wsi = random_batch(_cfg(("wsi",), 2), B)
     assert only_wsi.rna.shape == (B, 0) and only_wsi.rpt_bag.shape == (B, 0, 12) and only_wsi.rpt_global.shape == (B, 0)
+
+
+def test_text_linear_path_adds_a_logistic_regression_trained_by_its_own_cross_entropy():
+    """``text_linear_path`` (off by default): logits = network + W x_report, zero for a case without a report; with
+    ``linear_detach`` only the path's own cross-entropy (cases with a report) reaches W."""
+    cfg = replace(_cfg(("rna", "rpt"), 2), text_linear_path=True, linear_l2=0.0, linear_aux=1.0)
+    assert BASELINES["text"](_cfg(("rpt",), 2)).linear is None  # the default: no path
+    torch.manual_seed(0)
+    model = BASELINES["text"](cfg).eval()
+    batch = random_batch(cfg, B, present=_mixed_present(("rna", "rpt")))  # case 3 lacks its report
+    out = model(batch)
+    here = batch.present[:, MODALITIES.index("rpt")]
+    by_hand = (batch.rpt_global @ model.linear[1].weight.T + model.linear[1].bias) * here[:, None]
+    torch.testing.assert_close(out.aux, by_hand)
+    assert torch.all(out.aux[~here] == 0)
+    fused = torch.nn.functional.cross_entropy(out.logits, batch.labels)
+    assert torch.autograd.grad(fused, model.linear[1].weight, allow_unused=True)[0] is None
+    total, parts = model.loss(batch, out, epoch=0)
+    uni = torch.nn.functional.cross_entropy(by_hand[here], batch.labels[here])
+    assert parts["uni"] == pytest.approx(float(uni), rel=1e-5)
+    assert float(total) == pytest.approx(float(fused + uni), rel=1e-5)
