@@ -90,6 +90,7 @@ def _copy_shots(shots: list[Path]) -> None:
             shutil.copy2(shot, Path(target) / shot.name)
 
 
+@pytest.mark.slow  # ~26 s: `make test` stayed near its 5-minute limit on a slow day; CI runs the browser flows in the slow tier
 def test_real_brca_case_in_a_real_browser(chromium: str, streamlit_server: StreamlitServer, tmp_path: Path):
     """The app's default demo: a held-out TCGA-BRCA patient (RNA + report, no slide) through every page."""
     from playwright.sync_api import expect
@@ -148,7 +149,7 @@ def test_real_brca_case_in_a_real_browser(chromium: str, streamlit_server: Strea
     print(f"screenshots: {shots_dir}")
 
 
-@pytest.mark.slow  # ~21 s; `make test` drives the real BRCA flow, CI runs this one in the slow tier
+@pytest.mark.slow  # ~21 s; CI runs it in the slow tier
 def test_synthetic_demo_case_in_a_real_browser(chromium: str, streamlit_server: StreamlitServer, tmp_path: Path):
     from playwright.sync_api import expect
 
