@@ -99,7 +99,7 @@ class ModelConfig:
             raise MosareError("modality_dropout must lie in [0, 1)")
         if self.linear_aux < 0:
             raise MosareError("linear_aux must be >= 0")
-        if self.linear_path and self.linear_detach and not self.linear_aux > 0:
+        if (self.linear_path or self.text_linear_path) and self.linear_detach and not self.linear_aux > 0:
             raise MosareError("linear_detach needs linear_aux > 0 (else nothing trains the linear path)")
         if not self.linear_lr_scale > 0:
             raise MosareError("linear_lr_scale must be > 0")

@@ -245,3 +245,5 @@ def test_text_linear_path_adds_a_logistic_regression_trained_by_its_own_cross_en
     uni = torch.nn.functional.cross_entropy(by_hand[here], batch.labels[here])
     assert parts["uni"] == pytest.approx(float(uni), rel=1e-5)
     assert float(total) == pytest.approx(float(fused + uni), rel=1e-5)
+    with pytest.raises(MosareError, match="linear_detach needs"):  # nothing would train the path
+        replace(cfg, linear_path=False, linear_aux=0.0)

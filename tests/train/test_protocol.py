@@ -212,6 +212,8 @@ def test_the_text_refit_refits_its_report_encoder_on_the_validation_split_but_ne
     assert ("quokkaform" in vocab) is validation_word_seen and "zebrafishoid" not in vocab and "spiculated" in vocab
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert runs.refit_features.tolist() == [validation_word_seen] * cfg.folds
+    with pytest.raises(MosareError, match="refit_features must be true, false or null"):
+        TrainConfig(refit_features="text")
 
 
 def test_a_report_encoder_saved_before_the_analyzer_option_reads_words():
