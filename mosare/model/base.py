@@ -43,3 +43,15 @@ class SubtypingModel(nn.Module):
 
     def on_batch_end(self, batch: Batch, out: ModelOutput, epoch: int) -> None:
         """Hook for non-gradient state updates (MoSARe's prototype EM). Default: nothing."""
+
+
+def linear_path(path: nn.Module, x: Tensor, here: Tensor, detach: bool) -> tuple[Tensor, Tensor]:
+    """A linear (logistic) path's logits [B, K] on input vectors x [B, D] through ``path`` (Dropout → Linear), zero
+    where ``here`` [B, 1] is false, twice: as its own cross-entropy trains them, and as added to the fused logits —
+    the same numbers, but with ``detach`` the weights are cut from the fused loss's graph (the inputs are not, so
+    gradient attributions still see the path). Shared by MoSARe's per-modality paths and ``text``'s."""
+    drop, layer = path
+    x = drop(x)
+    own = F.linear(x, layer.weight, layer.bias) * here
+    fused = F.linear(x, layer.weight.detach(), layer.bias.detach()) * here if detach else own
+    return own, fused

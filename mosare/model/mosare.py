@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from mosare import MODALITIES
 from mosare.config import ModelConfig
 from mosare.model.abmil import ABMILEncoder, GatedAttentionPool
-from mosare.model.base import SubtypingModel
+from mosare.model.base import SubtypingModel, linear_path
 from mosare.model.cma import CrossModalAttention
 from mosare.model.losses import PrototypeMemory, symmetric_contrastive
 from mosare.model.moe import ActivationGate, SparseMoE
@@ -290,11 +290,8 @@ class MoSARe(SubtypingModel):
                 x = (batch.wsi_bag * mask).sum(1) / mask.sum(1).clamp(min=1)
             else:
                 x = batch.rna if m == "rna" else batch.rpt_global
-            drop, layer = self.linear[m]
-            x, here = drop(x), batch.present[:, MODALITIES.index(m), None]
-            out[:, i] = F.linear(x, layer.weight, layer.bias) * here
-            if self.cfg.linear_detach:
-                fused[:, i] = F.linear(x, layer.weight.detach(), layer.bias.detach()) * here
+            out[:, i], fused[:, i] = linear_path(self.linear[m], x, batch.present[:, MODALITIES.index(m), None],
+                                                 self.cfg.linear_detach)  # fused is out unless detached
         return out, fused
 
     def hide_modalities(self, batch: Batch) -> Batch:

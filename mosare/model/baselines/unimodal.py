@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mosare.config import ModelConfig
+from mosare.model.base import linear_path
 from mosare.model.abmil import ABMILEncoder
 from mosare.model.baselines.common import (
     Baseline,
@@ -103,11 +104,8 @@ class TextBaseline(Baseline):
         emb = impute_zeros(torch.cat([pooled, self.global_proj(batch.rpt_global)], dim=-1), present)  # [B, 2H]
         logits = self.classifier(self.head(emb))
         linear = None
-        if self.linear is not None:
-            drop, layer = self.linear
-            x, here = drop(batch.rpt_global), present[:, None].to(logits.dtype)
-            linear = F.linear(x, layer.weight, layer.bias) * here  # [B, K]
-            fused = F.linear(x, layer.weight.detach(), layer.bias.detach()) * here if self.cfg.linear_detach else linear
+        if self.linear is not None:  # [B, K] each
+            linear, fused = linear_path(self.linear, batch.rpt_global, present[:, None], self.cfg.linear_detach)
             logits = logits + fused
         out = self.finish(logits, {"rpt_sentence": impute_zeros(attn, present)})
         out.aux = linear
@@ -120,7 +118,7 @@ class TextBaseline(Baseline):
         if self.linear is None:
             return total, parts
         total = total + self.cfg.linear_l2 * self.linear[1].weight.pow(2).sum()
-        here = present_of(batch, "rpt").bool()
+        here = present_of(batch, "rpt")
         if self.cfg.linear_aux > 0 and here.any():
             uni = F.cross_entropy(out.aux[here], batch.labels[here])
             total = total + self.cfg.linear_aux * uni
