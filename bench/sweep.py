@@ -1,12 +1,14 @@
 """Learning-rate (and variant) sweep on VALIDATION splits of the training folds — never a test fold.
 
 usage: python bench/sweep.py [--data ../shared/data/tcga-brca] [--models mosare,snn,text] [--lrs 1e-4,3e-4,1e-3]
-                             [--folds-used 0,1,2] [--set fusion=concat] [--workers 2] [--out .cache/sweep]
+                             [--folds-used 0,1,2] [--seeds 1] [--set fusion=concat] [--workers 2] [--out .cache/sweep]
 
 For each (model, lr, fold): the experiment's own validation split of training fold k and its training-split
 features (:class:`mosare.train.experiment.Fold`), training at the default TrainConfig except the lr; the row records the
-selected epoch's validation loss and AUC. The test folds are never scored. Prints mean ± std over folds per
-(model, lr) and writes sweep.csv.
+selected epoch's validation loss and AUC. The test folds are never scored. ``--seeds S`` trains each run from S
+initial seeds (fold k, seed s: k + 100 s, as bench/ensemble.py's members), since a small model's seed-to-seed spread
+can be as large as the difference being judged. Prints mean ± std over folds (and seeds) per (model, lr) and writes
+sweep.csv.
 """
 
 from __future__ import annotations
@@ -52,15 +54,15 @@ def validation_fold(k: int) -> tuple[ModelConfig, Fold]:
     return mcfg, s["feats"][k]
 
 
-def _one(model: str, lr: float, k: int) -> dict:
+def _one(model: str, lr: float, k: int, seed: int = 0) -> dict:
     s = STATE
     cohort = s["cohort"]
     mcfg, fold = validation_fold(k)
-    torch.manual_seed(k)
+    torch.manual_seed(k + 100 * seed)
     m = build_model(model, mcfg)
     res = fit(m, cohort, fold.tokens("complete-0", cohort.present), fold.train_idx, fold.val_idx, cohort.present,
-              replace(s["tcfg"], lr=lr, seed=k), torch.device("cpu"), progress=False)
-    return {"model": model, "lr": lr or m.default_lr, "fold": k, "val_loss": res.best_val_loss, "val_auc": res.best_val_auc,
+              replace(s["tcfg"], lr=lr, seed=k + 100 * seed), torch.device("cpu"), progress=False)
+    return {"model": model, "lr": lr or m.default_lr, "fold": k, "seed": seed, "val_loss": res.best_val_loss, "val_auc": res.best_val_auc,
             "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": round(res.seconds, 1)}
 
 
@@ -102,10 +104,11 @@ def validation_setup(args: argparse.Namespace, script: str):
 def main() -> None:
     ap = validation_parser(".cache/sweep", "0,1,2")
     ap.add_argument("--lrs", default="1e-4,3e-4,1e-3", help="comma-separated; 'default': each model's own")
+    ap.add_argument("--seeds", type=int, default=1, help="initial seeds per (model, lr, fold)")
     args = ap.parse_args()
     overrides, tcfg, cohort, folds = validation_setup(args, "bench/sweep.py")
-    jobs = [(m, None if lr == "default" else float(lr), int(k)) for k in args.folds_used.split(",")
-            for m in args.models.split(",") for lr in args.lrs.split(",")]
+    jobs = [(m, None if lr == "default" else float(lr), int(k), s) for s in range(args.seeds)
+            for k in args.folds_used.split(",") for m in args.models.split(",") for lr in args.lrs.split(",")]
     start = time.perf_counter()
     with ProcessPoolExecutor(args.workers, initializer=worker_init, initargs=(cohort, folds, overrides, tcfg)) as pool:
         rows = []
@@ -118,7 +121,7 @@ def main() -> None:
     agg = df.groupby(["model", "lr"]).agg(val_loss=("val_loss", "mean"), val_loss_sd=("val_loss", "std"),
                                          val_auc=("val_auc", "mean"), val_auc_sd=("val_auc", "std"),
                                          best_epoch=("best_epoch", "mean"), seconds=("seconds", "mean"))
-    print(f"overrides {overrides} train {args.train_set}; text encoder {args.text_encoder}; folds {args.folds_used}; "
+    print(f"overrides {overrides} train {args.train_set}; text encoder {args.text_encoder}; folds {args.folds_used}; seeds {args.seeds}; "
           f"{time.perf_counter() - start:.0f} s")
     print(agg.round(3).to_string())
 

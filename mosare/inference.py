@@ -59,6 +59,7 @@ class Prediction:
     calibrated: np.ndarray | None = None  # [K] temperature-scaled probabilities (checkpoints that carry a temperature)
     prediction_set: str | None = None  # conformal set, e.g. "IDC" or "IDC or ILC" (checkpoints with a quantile)
     coverage: float | None = None  # the set's target coverage, 1 − alpha
+    log_shown: np.ndarray | None = None  # [K] float64 log of :attr:`shown`, from the logits (exact where P ≈ 1)
 
     @property
     def label(self) -> str:
@@ -68,6 +69,13 @@ class Prediction:
     def shown(self) -> np.ndarray:
         """[K] the probabilities a reader sees: temperature-scaled where the checkpoint carries a temperature."""
         return self.calibrated if self.calibrated is not None else self.probs
+
+    def log_odds(self, k: int) -> float:
+        """log P(k) − log(1 − P(k)) of the shown probabilities (the attributions' unit, mosare.explain.attribution)."""
+        z = self.log_shown if self.log_shown is not None else np.log(np.clip(self.shown.astype(np.float64), 1e-300, 1))
+        others = np.delete(z, k)
+        top = others.max()
+        return float(z[k] - top - np.log(np.exp(others - top).sum()))
 
 
 class Predictor:
@@ -237,12 +245,16 @@ class Predictor:
             return x
         return standardise_rna(x[None], self.extras["rna_mean"], self.extras["rna_std"])[0]
 
-    def _calibrate(self, pred: Prediction) -> None:
+    def _calibrate(self, pred: Prediction, log_probs: np.ndarray) -> None:
         """Temperature-scaled probabilities and the conformal prediction set, when the checkpoint carries them
-        (fitted on the run's validation split by ``mosare experiment``)."""
+        (fitted on the run's validation split by ``mosare experiment``); ``log_shown`` from the [K] float64
+        ``log_probs`` (scaled by the same temperature)."""
         t, q = self.info.temperature, self.info.conformal_q
         if t is None:
+            pred.log_shown = log_probs
             return
+        z = log_probs / float(t)
+        pred.log_shown = z - z.max() - np.log(np.exp(z - z.max()).sum())
         pred.calibrated = apply_temperature(pred.probs[None], float(t))[0]
         if q is not None:
             pred.prediction_set = set_label(prediction_sets(pred.calibrated[None], float(q))[0], self.classes)
@@ -265,6 +277,7 @@ class Predictor:
         batch = rows.with_present(torch.from_numpy(use))
         out = self.model(batch.to(self.device))
         probs = out.probs.float().cpu().numpy()
+        log_probs = torch.log_softmax(out.logits.double(), dim=-1).cpu().numpy()  # [n, K]
         maps = {k: v.float().cpu().numpy() for k, v in out.attention.items()}
         mods = list(self.cfg.modalities)
         preds = []
@@ -273,7 +286,7 @@ class Predictor:
             used = use[i]
             pred = Prediction(classes=self.classes, probs=probs[i], present=used,
                               reconstructed=[m for m in mods if not used[MODALITIES.index(m)]], attention=att)
-            self._calibrate(pred)
+            self._calibrate(pred, log_probs[i])
             if "local_cma" in att:
                 if "rpt" in resp and used[2]:
                     pred.sentence_scores = resp["rpt"] @ att["local_cma"][mods.index("rpt")]

@@ -208,11 +208,14 @@ with right:
     st.markdown(f"**Observed:** {', '.join(used)}")
     st.markdown(f"**Reconstructed instead of observed:** {', '.join(MODALITY_NAMES[m] for m in p.reconstructed) or 'none'}")
     if a.contributions:
-        rows = [{"modality": MODALITY_NAMES[m], f"Δ P({p.label})": round(v, 4),
-                 "prediction without it": f"{a.without[m].label} ({a.without[m].shown.max():.1%})"}
+        rows = [{"modality": MODALITY_NAMES[m], f"Δ log-odds({p.label})": f"{v:+.2f}",
+                 f"P({p.label}) without it": f"{a.without[m].shown[k]:.1%}",
+                 "prediction without it": a.without[m].label}
                 for m, v in a.contributions.items()]
         st.markdown("**Each modality's contribution** (re-inference without it)")
         st.table(pd.DataFrame(rows).set_index("modality"))
+        st.caption(f"Δ log-odds: the log-odds of {p.label} with every modality in use minus without this one "
+                   "(+: it pushed towards the answer; the unit of the attributions below).")
     else:
         st.caption("One modality in use: no contribution to compare.")
     st.caption(f"Inference and {len(a.without)} re-inferences in {a.seconds:.2f} s on {resources.device()}.")

@@ -36,9 +36,10 @@ MODALITY_NAMES = {"wsi": "Slide", "rna": "RNA-seq", "rpt": "Report"}
 class Analysis:
     """A prediction with the modalities ``used``, plus one re-inference without each used modality.
 
-    contributions[m] = P(predicted class | used) - P(same class | used without m): how much modality m
-    pushed the model towards its answer (negative: it pushed away), on the probabilities shown to the reader
-    (temperature-scaled when the checkpoint carries a temperature, as the Case page's headline).
+    contributions[m] = L(c | used) − L(c | used without m), L the log-odds of the predicted class c: how much
+    modality m pushed the model towards its answer (negative: it pushed away), in the unit of the attributions
+    (:mod:`mosare.explain.attribution`: in Δ P a confident case's evidence would read ≈ 0), on the probabilities
+    shown to the reader (temperature-scaled when the checkpoint carries a temperature, as the Case page's headline).
     """
 
     prediction: Prediction
@@ -65,7 +66,7 @@ def analyse(predictor: Predictor, case: Case, use: np.ndarray | None = None) -> 
     for i, other in zip(drop, others):
         m = MODALITIES[i]
         result.without[m] = other
-        result.contributions[m] = float(pred.shown[k] - other.shown[k])
+        result.contributions[m] = pred.log_odds(k) - other.log_odds(k)
     result.seconds = time.perf_counter() - start
     return result
 

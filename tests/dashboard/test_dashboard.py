@@ -101,6 +101,9 @@ def test_app_opens_on_a_held_out_real_brca_patient():
     assert abs(_probabilities(at).sum() - 1) < 2e-3
     sets = [m.value for m in (*at.success, *at.warning) if "Prediction set" in m.value]
     assert len(sets) == 1 and ("IDC" in sets[0] or "ILC" in sets[0]), sets
+    contributions = at.table[0].value  # each modality's contribution, in the attributions' unit
+    assert list(contributions.index) == ["RNA-seq", "Report"], contributions
+    assert contributions.columns[0] == f"Δ log-odds({at.metric[0].value})", contributions.columns
     assert any("held out from training" in c.value for c in at.caption)
     genes = set(json.loads(demo_brca.MODEL_PATH.with_suffix(".json").read_text())["genes"])
     assert {"CDH1", "TP53"} <= genes  # real gene symbols
