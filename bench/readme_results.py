@@ -6,7 +6,9 @@ Replaces the text between ``<!-- BEGIN generated:brca-results -->`` and ``<!-- E
 
 from __future__ import annotations
 
+
 import argparse
+import re
 import json
 from pathlib import Path
 
@@ -183,7 +185,7 @@ def main() -> None:
                 "then).", ""] + sweep(r / "lr-sweep") + [""]
     lls = r / "lr-sweep" / "linear-lr-scale.md"
     if lls.is_file():
-        body = lls.read_text(encoding="utf-8").split("\n", 2)[2].strip()
+        body = _nested(lls.read_text(encoding="utf-8").split("\n", 2)[2].strip())
         out += ["#### The linear path's step size (validation splits only; `assets/results/lr-sweep/linear-lr-scale.md`)",
                 "", body, ""]
     notes = (("selection", "Which epoch to keep (validation splits only; `bench/selection.py`, `assets/results/selection/`)"),
@@ -198,7 +200,7 @@ def main() -> None:
     for folder, title in notes:
         note = r / folder / "README.md"
         if note.is_file():  # the note without its own title line
-            out += [f"#### {title}", "", note.read_text(encoding="utf-8").split("\n", 2)[2].strip(), ""]
+            out += [f"#### {title}", "", _nested(note.read_text(encoding="utf-8").split("\n", 2)[2].strip()), ""]
     text = a.readme.read_text(encoding="utf-8")
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{a.readme}: no {BEGIN} … {END} markers")
@@ -206,6 +208,11 @@ def main() -> None:
     tail = rest.split(END, 1)[1]
     a.readme.write_text(head + BEGIN + "\n" + "\n".join(out) + "\n" + END + tail, encoding="utf-8")
     print(f"{a.readme}: BRCA results tables regenerated from {r}")
+
+
+def _nested(body: str) -> str:
+    """A note's own section headings ("## …") one level below the "####" title it is included under."""
+    return re.sub(r"^#{1,4} ", "##### ", body, flags=re.MULTILINE)
 
 
 if __name__ == "__main__":
