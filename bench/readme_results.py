@@ -6,10 +6,9 @@ Replaces the text between ``<!-- BEGIN generated:brca-results -->`` and ``<!-- E
 
 from __future__ import annotations
 
-
 import argparse
-import re
 import json
+import re
 from pathlib import Path
 
 import numpy as np
