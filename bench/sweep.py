@@ -31,7 +31,7 @@ from mosare.data.cohort import build_cohort  # noqa: E402
 from mosare.config import ANALYZERS, ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
 from mosare.model.registry import build_model  # noqa: E402
 from mosare.train.experiment import Fold, model_config_for  # noqa: E402
-from mosare.train.loop import fit  # noqa: E402
+from mosare.train.loop import fit, optimiser_settings  # noqa: E402
 from mosare.train.splits import patient_folds  # noqa: E402
 
 STATE: dict = {}  # a worker process's cohort, folds, overrides and TrainConfig (set once by worker_init)
@@ -60,10 +60,13 @@ def _one(model: str, lr: float, k: int, seed: int = 0) -> dict:
     mcfg, fold = validation_fold(k)
     torch.manual_seed(k + 100 * seed)
     m = build_model(model, mcfg)
+    tcfg = replace(s["tcfg"], lr=lr, seed=k + 100 * seed)
     res = fit(m, cohort, fold.tokens("complete-0", cohort.present), fold.train_idx, fold.val_idx, cohort.present,
-              replace(s["tcfg"], lr=lr, seed=k + 100 * seed), torch.device("cpu"), progress=False)
-    return {"model": model, "lr": lr or m.default_lr, "fold": k, "seed": seed, "val_loss": res.best_val_loss, "val_auc": res.best_val_auc,
-            "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": round(res.seconds, 1)}
+              tcfg, torch.device("cpu"), progress=False)
+    lr, weight_decay = optimiser_settings(m, tcfg)
+    return {"model": model, "lr": lr, "weight_decay": weight_decay, "fold": k, "seed": seed,
+            "val_loss": res.best_val_loss, "val_auc": res.best_val_auc, "best_epoch": res.best_epoch,
+            "epochs_run": res.epochs_run, "seconds": round(res.seconds, 1)}
 
 
 def _value(v: str):

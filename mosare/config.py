@@ -124,7 +124,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
     lr: float | None = None  # None: each model's own ``default_lr`` (from the sweep); a number: every model
-    weight_decay: float = 0.05
+    weight_decay: float | None = None  # None: each model's own ``default_weight_decay`` (0.05; ``text`` 5)
     warmup_epochs: int = 2
     align_warmup: float = 0.25  # fraction of the run (< 1) or epoch (>= 1) at which SymCL and MCL switch on
     patience: int = 10  # epochs without a lower validation loss before stopping (selection "best")
@@ -141,7 +141,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [(self.epochs >= 1, "epochs must be at least 1"), (self.batch_size >= 2, "batch_size must be at least 2"),
-                  (self.lr is None or 0 < self.lr < 1, "lr must lie in (0, 1)"), (self.weight_decay >= 0, "weight_decay must be >= 0"),
+                  (self.lr is None or 0 < self.lr < 1, "lr must lie in (0, 1)"),
+                  (self.weight_decay is None or self.weight_decay >= 0, "weight_decay must be >= 0"),
                   (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"), (self.align_warmup >= 0, "align_warmup must be >= 0"),
                   (self.patience >= 1, "patience must be at least 1"), (0 < self.val_fraction < 1, "val_fraction must lie in (0, 1)"),
                   (self.selection in ("best", "last"), f"selection must be 'best' or 'last', got {self.selection!r}"),

@@ -22,6 +22,8 @@ class SubtypingModel(nn.Module):
     uses: tuple[str, ...] = ()
     # learning rate when TrainConfig.lr is None: chosen per model by bench/sweep.py on validation splits
     default_lr: float = 1e-4
+    # AdamW weight decay when TrainConfig.weight_decay is None (same road: per model, from validation splits)
+    default_weight_decay: float = 0.05
     # whether the refit on training + validation split refits the features (report encoder, expression statistics,
     # prototypes) on them too, when TrainConfig.refit_features is None: chosen per model by bench/refit_features.py
     refit_features: bool = False

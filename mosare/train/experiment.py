@@ -51,7 +51,7 @@ from mosare.model.registry import applicability, build_model
 from mosare.text.leak_audit import leak_audit
 from mosare.train.calibration import fit_calibration, prediction_rows
 from mosare.train.data import FoldFeatures, fit_fold_features
-from mosare.train.loop import fit, predict_embeddings, predict_probs, refit
+from mosare.train.loop import fit, optimiser_settings, predict_embeddings, predict_probs, refit
 from mosare.train.metrics import classification_metrics, subset_aucs
 from mosare.train.resume import (
     RESULT_FORMAT,
@@ -185,6 +185,7 @@ def _run_setting(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: in
             seconds += refit(model, cohort, tokens, np.concatenate([split.train_idx, split.val_idx]), split.present,
                              tcfg, device, res.best_epoch + 1, desc=f"{name} refit f{k}", progress=progress)
         rows, runs, subsets, preds = [], [], [], []
+        lr, weight_decay = optimiser_settings(model, tcfg)
         train_emb = predict_embeddings(model, cohort, tokens, split.train_idx, split.present, device)
         for s in scenarios:
             test_present = splits[s].test_present
@@ -197,7 +198,8 @@ def _run_setting(cohort: Cohort, cfg: ExperimentConfig, mcfg: ModelConfig, k: in
             subsets += [{**base, "scenario": s, **r} for r in subset_aucs(cohort.labels[test_idx], probs, names)]
             preds += [{**r, "map_x": xy[0], "map_y": xy[1]} for r, xy in
                       zip(prediction_rows(cohort, test_idx, probs, names, calib, {**base, "scenario": s}), emb)]
-            runs.append({**base, "scenario": s, "status": "ok", "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
+            runs.append({**base, "scenario": s, "status": "ok", "lr": lr, "weight_decay": weight_decay,
+                         "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
                          "val_loss": round(res.best_val_loss, 4), "val_auc": res.best_val_auc, **calib,
                          "refit": tcfg.refit, "refit_features": tcfg.refit and refits_features(model, tcfg),
                          "seconds": round(seconds, 2),

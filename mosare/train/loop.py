@@ -95,10 +95,16 @@ def param_groups(model: SubtypingModel, lr: float, weight_decay: float) -> list[
     return [{"params": groups[k], "weight_decay": weight_decay if k[0] else 0.0, "lr": lr * k[1]} for k in keys]
 
 
+def optimiser_settings(model: SubtypingModel, cfg: TrainConfig) -> tuple[float, float]:
+    """(lr, weight decay) of a run: the config's, else the model's own (chosen per model on validation splits)."""
+    return (cfg.lr if cfg.lr is not None else model.default_lr,
+            cfg.weight_decay if cfg.weight_decay is not None else model.default_weight_decay)
+
+
 def _optimiser(model: SubtypingModel, cfg: TrainConfig, n_train: int, device: torch.device):
     """AdamW and its per-step warm-up + cosine schedule over ``cfg.epochs`` epochs of ``n_train`` cases."""
-    lr = cfg.lr if cfg.lr is not None else model.default_lr
-    opt = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay), lr=lr, fused=device.type in ("cpu", "cuda"))
+    lr, weight_decay = optimiser_settings(model, cfg)
+    opt = torch.optim.AdamW(param_groups(model, lr, weight_decay), lr=lr, fused=device.type in ("cpu", "cuda"))
     n_batches = sum(1 for s in range(0, n_train, cfg.batch_size) if min(cfg.batch_size, n_train - s) >= 2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_epochs * n_batches, cfg.epochs * n_batches))
     return opt, sched

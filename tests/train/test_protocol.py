@@ -212,8 +212,26 @@ def test_the_text_refit_refits_its_report_encoder_on_the_validation_split_but_ne
     assert ("quokkaform" in vocab) is validation_word_seen and "zebrafishoid" not in vocab and "spiculated" in vocab
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert runs.refit_features.tolist() == [validation_word_seen] * cfg.folds
+    assert runs.weight_decay.tolist() == [build_model("text", SMALL).default_weight_decay] * cfg.folds  # its own
     with pytest.raises(MosareError, match="refit_features must be true, false or null"):
         TrainConfig(refit_features="text")
+
+
+def test_each_model_trains_with_its_own_weight_decay_unless_the_config_sets_one():
+    """AdamW decays the matrices of each model by its own ``default_weight_decay`` (``text``'s was chosen apart,
+    bench/sweep.py); ``train.weight_decay`` sets one for every model; biases and norms are never decayed."""
+    from mosare.train.loop import _optimiser
+
+    def decays(name: str, tcfg: TrainConfig) -> set[float]:
+        opt, _ = _optimiser(build_model(name, SMALL), tcfg, 64, torch.device("cpu"))
+        return {g["weight_decay"] for g in opt.param_groups}
+
+    text, snn = build_model("text", SMALL).default_weight_decay, build_model("snn", SMALL).default_weight_decay
+    assert text != snn
+    assert decays("text", TrainConfig()) == {text, 0.0} and decays("snn", TrainConfig()) == {snn, 0.0}
+    assert decays("text", TrainConfig(weight_decay=0.2)) == decays("snn", TrainConfig(weight_decay=0.2)) == {0.2, 0.0}
+    with pytest.raises(MosareError, match="weight_decay must be >= 0"):
+        TrainConfig(weight_decay=-1.0)
 
 
 def test_a_report_encoder_saved_before_the_analyzer_option_reads_words():
