@@ -195,7 +195,9 @@ def main() -> None:
              ("refit-features", "Refitting the features for the refit (validation splits only; "
                                 "`bench/refit_features.py`, `assets/results/refit-features/`)"),
              ("text-linear", "A linear path for `text` (validation splits only; `bench/sweep.py`, "
-                             "`assets/results/text-linear/`)"))
+                             "`assets/results/text-linear/`)"),
+             ("text-weight-decay", "Regularising `text`, over 3 seeds (validation splits only; `bench/sweep.py "
+                                   "--seeds 3`, `assets/results/text-weight-decay/`)"))
     for folder, title in notes:
         note = r / folder / "README.md"
         if note.is_file():  # the note without its own title line
