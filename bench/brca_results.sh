@@ -32,9 +32,9 @@ run tcga-brca-table2 --complete-only --models mosare,mosare-paper,snn,text \
 # Ablations on the complete-only cohort: complete data and 50 % masking (full mosare: from tcga-brca-table2)
 run tcga-brca-ablations --complete-only --models mosare-no-moe,mosare-no-cma,mosare-no-align,mosare-no-recon \
     --scenarios complete,masked-masked,masked-unmasked --mask-rates 0.5
-# Seeds 1 and 2 of mosare on the union cohort (seed 0 is tcga-brca above)
+# Seeds 1 and 2 of mosare and text on the union cohort (seed 0 is tcga-brca above)
 for seed in 1 2; do
-    run "tcga-brca-seed$seed" --seed "$seed" --models mosare --scenarios complete
+    run "tcga-brca-seed$seed" --seed "$seed" --models mosare,text --scenarios complete
 done
 # Linear references on the experiment's own inputs (same folds, scrubbed reports, per-fold scoring)
 "$PY" bench/references.py --data "$DATA" --out assets/results/tcga-brca/references.csv

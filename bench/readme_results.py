@@ -121,17 +121,21 @@ def ablations(table2_dir: Path, abl_dir: Path) -> list[str]:
 
 
 def seeds(results: Path) -> list[str]:
-    rows = []
+    """Complete-data AUC of the union cohort per seed: `mosare`, and `text` where every seed's folder has it."""
+    found = {}
     for seed, name in ((0, "tcga-brca"), (1, "tcga-brca-seed1"), (2, "tcga-brca-seed2")):
         f = results / name / "metrics.csv"
         if f.is_file():
-            m = pd.read_csv(f, na_values="NA").query("model == 'mosare' and scenario == 'complete'")
-            rows.append((seed, m.auc))
-    if not rows:
+            found[seed] = pd.read_csv(f, na_values="NA").query("scenario == 'complete'")
+    models = [m for m in ("mosare", "text") if found and all((d.model == m).any() for d in found.values())]
+    if not models:
         return []
-    means = pd.Series([a.mean() for _, a in rows])
-    lines = ["| seed | AUC (mean ± std over 5 folds) |", "|---|---|"] + [f"| {s} | {cell(a)} |" for s, a in rows]
-    return lines + [f"| mean ± std of the seed means | {means.mean():.2f} ± {means.std(ddof=1) if len(means) > 1 else 0:.2f} |"]
+    lines = ["| seed | " + " | ".join(f"`{m}` AUC (mean ± std over 5 folds)" for m in models) + " |",
+             "|---|" + "---|" * len(models)]
+    lines += [f"| {s} | " + " | ".join(cell(d[d.model == m].auc) for m in models) + " |" for s, d in found.items()]
+    means = {m: pd.Series([d[d.model == m].auc.mean() for d in found.values()]) for m in models}
+    return lines + ["| mean ± std of the seed means | " + " | ".join(
+        f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0:.2f}" for v in means.values()) + " |"]
 
 
 def sweep(folder: Path) -> list[str]:
@@ -164,7 +168,7 @@ def main() -> None:
                 "Temperature and conformal quantile fitted on each run's validation split; ECE over 10 confidence bins, "
                 "in percent. From `assets/results/tcga-brca/predictions.csv`.", ""] + calibration(r / "tcga-brca") + [""]
     if (r / "tcga-brca-seed1").is_dir():
-        out += ["#### `mosare` over seeds (union cohort, complete data)", ""] + seeds(r) + [""]
+        out += ["#### Over seeds (union cohort, complete data)", ""] + seeds(r) + [""]
     if (r / "tcga-brca-table2").is_dir():
         out += ["#### Table 2: complete-only cohort (647 patients with RNA and report), AUC", "",
                 f"`assets/results/tcga-brca-table2/` ({wall(r / 'tcga-brca-table2')}).", ""] + table2(r / "tcga-brca-table2") + [""]
