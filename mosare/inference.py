@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+from scipy.special import logsumexp
 import pandas as pd
 import torch
 
@@ -73,9 +74,7 @@ class Prediction:
     def log_odds(self, k: int) -> float:
         """log P(k) − log(1 − P(k)) of the shown probabilities (the attributions' unit, mosare.explain.attribution)."""
         z = self.log_shown if self.log_shown is not None else np.log(np.clip(self.shown.astype(np.float64), 1e-300, 1))
-        others = np.delete(z, k)
-        top = others.max()
-        return float(z[k] - top - np.log(np.exp(others - top).sum()))
+        return float(z[k] - logsumexp(np.delete(z, k)))
 
 
 class Predictor:
@@ -245,16 +244,12 @@ class Predictor:
             return x
         return standardise_rna(x[None], self.extras["rna_mean"], self.extras["rna_std"])[0]
 
-    def _calibrate(self, pred: Prediction, log_probs: np.ndarray) -> None:
+    def _calibrate(self, pred: Prediction) -> None:
         """Temperature-scaled probabilities and the conformal prediction set, when the checkpoint carries them
-        (fitted on the run's validation split by ``mosare experiment``); ``log_shown`` from the [K] float64
-        ``log_probs`` (scaled by the same temperature)."""
+        (fitted on the run's validation split by ``mosare experiment``)."""
         t, q = self.info.temperature, self.info.conformal_q
         if t is None:
-            pred.log_shown = log_probs
             return
-        z = log_probs / float(t)
-        pred.log_shown = z - z.max() - np.log(np.exp(z - z.max()).sum())
         pred.calibrated = apply_temperature(pred.probs[None], float(t))[0]
         if q is not None:
             pred.prediction_set = set_label(prediction_sets(pred.calibrated[None], float(q))[0], self.classes)
@@ -277,7 +272,8 @@ class Predictor:
         batch = rows.with_present(torch.from_numpy(use))
         out = self.model(batch.to(self.device))
         probs = out.probs.float().cpu().numpy()
-        log_probs = torch.log_softmax(out.logits.double(), dim=-1).cpu().numpy()  # [n, K]
+        t = self.info.temperature  # log of the shown probabilities [n, K], from the logits (digits kept where P ≈ 1)
+        log_shown = torch.log_softmax(out.logits.double() / (1.0 if t is None else float(t)), dim=-1).cpu().numpy()
         maps = {k: v.float().cpu().numpy() for k, v in out.attention.items()}
         mods = list(self.cfg.modalities)
         preds = []
@@ -285,8 +281,9 @@ class Predictor:
             att = {k: v[i] for k, v in maps.items()}
             used = use[i]
             pred = Prediction(classes=self.classes, probs=probs[i], present=used,
-                              reconstructed=[m for m in mods if not used[MODALITIES.index(m)]], attention=att)
-            self._calibrate(pred, log_probs[i])
+                              reconstructed=[m for m in mods if not used[MODALITIES.index(m)]], attention=att,
+                              log_shown=log_shown[i])
+            self._calibrate(pred)
             if "local_cma" in att:
                 if "rpt" in resp and used[2]:
                     pred.sentence_scores = resp["rpt"] @ att["local_cma"][mods.index("rpt")]
