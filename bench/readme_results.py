@@ -201,7 +201,9 @@ def main() -> None:
              ("text-linear", "A linear path for `text` (validation splits only; `bench/sweep.py`, "
                              "`assets/results/text-linear/`)"),
              ("text-weight-decay", "Regularising `text`, over 3 seeds (validation splits only; `bench/sweep.py "
-                                   "--seeds 3`, `assets/results/text-weight-decay/`)"))
+                                   "--seeds 3`, `assets/results/text-weight-decay/`)"),
+             ("linear-ceiling", "How far a linear model gets on the same inputs (validation splits only; "
+                                "`bench/references.py --split validation`, `assets/results/linear-ceiling/`)"))
     for folder, title in notes:
         note = r / folder / "README.md"
         if note.is_file():  # the note without its own title line

@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mosare import MODALITIES
-from mosare.config import ExperimentConfig, ModelConfig, TrainConfig, to_dict
+from mosare.config import ANALYZERS, ExperimentConfig, ModelConfig, TrainConfig, to_dict
 from mosare.data.cohort import Cohort
 from mosare.errors import MosareError
 from mosare.io.atomic import atomic_write_text
@@ -261,17 +261,22 @@ def worker_devices(device: torch.device, workers: int) -> list[torch.device]:
 
 def audit_reports(cohort: Cohort, folds: list, out: Path) -> int:
     """Leak audit of each training fold's scrubbed reports (TF-IDF + logistic regression, strongest features per
-    class, codes and scrub fragments flagged) into ``out/leak_audit/fold<k>``; returns the number flagged."""
+    class, codes and scrub fragments flagged) into ``out/leak_audit/fold<k>``: on word features, and on the
+    character n-grams the report encoder reads when it reads them (``--text-encoder tfidf``); returns the number
+    flagged."""
     if not cohort.has_reports:
         return 0
+    analyzers = ["word"] + (["char"] if ANALYZERS.get(cohort.text_encoder) == "char" else [])
     flagged = 0
     for k, (train_all, _) in enumerate(folds):
         idx = [i for i in train_all if cohort.present[i, 2]]
         if len(set(cohort.labels[idx])) < 2:
             continue
-        audit = leak_audit([cohort.rpt_texts[i] for i in idx], cohort.labels[idx], cohort.classes, seed=k)
-        audit.write(out / "leak_audit" / f"fold{k}")
-        flagged += len(audit.flagged)
+        for analyzer in analyzers:
+            audit = leak_audit([cohort.rpt_texts[i] for i in idx], cohort.labels[idx], cohort.classes, seed=k,
+                               analyzer=analyzer)
+            audit.write(out / "leak_audit" / f"fold{k}")
+            flagged += len(audit.flagged)
     return flagged
 
 

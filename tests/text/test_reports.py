@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 import statistics
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 
 from mosare.errors import MosareError
-from mosare.text.leak_audit import LeakAudit, flag_reason, leak_audit
+from mosare.text.leak_audit import LeakAudit, carrier_reason, carriers, flag_reason, leak_audit
 from mosare.text.embed import ReportEmbedder
 from mosare.text.scrub import PLACEHOLDER, ScrubResult, scrub, vocabulary_for
 from mosare.text.sentences import split_sentences
@@ -213,43 +214,71 @@ def _brca_idc_ilc(reports: pd.DataFrame, scrubbed: list[ScrubResult]) -> tuple[l
     return raw, clean, y
 
 
+@pytest.mark.parametrize("analyzer", ["word", "char"])
 def test_leak_audit_on_scrubbed_real_reports_flags_nothing(
-    reports: pd.DataFrame, scrubbed: list[ScrubResult], tmp_path: Path
+    reports: pd.DataFrame, scrubbed: list[ScrubResult], tmp_path: Path, analyzer: str
 ) -> None:
     _, clean, y = _brca_idc_ilc(reports, scrubbed)
     assert len(y) > 600 and 100 < y.sum() < 300
-    audit = leak_audit(clean, y, ("IDC", "ILC"), top=25)
+    audit = leak_audit(clean, y, ("IDC", "ILC"), top=25, analyzer=analyzer)
     f = audit.features
-    assert list(f.columns) == ["class", "rank", "feature", "weight", "flagged", "reason"]
+    assert list(f.columns) == ["class", "rank", "feature", "weight", "flagged", "reason", "carriers"]
     assert (f.groupby("class").size() == 25).all() and (f["weight"] > 0).all()
     assert audit.flagged.empty, audit.flagged.to_string()
+    if analyzer == "char":  # each n-gram named by the words that hold it: E-cadherin speaks for ILC
+        ilc = f[f["class"] == "ILC"]
+        assert ilc["carriers"].str.startswith("e-cadherin").any(), ilc.to_string()
+    else:
+        assert (f["carriers"] == "").all()
     audit.write(tmp_path / "fold0")
-    csv = pd.read_csv(tmp_path / "fold0" / "leak_audit.csv", keep_default_na=False)
+    stem = "leak_audit" if analyzer == "word" else "leak_audit-char"
+    csv = pd.read_csv(tmp_path / "fold0" / f"{stem}.csv", keep_default_na=False)
     assert csv["feature"].tolist() == f["feature"].tolist()
-    md = (tmp_path / "fold0" / "leak_audit.md").read_text()
+    md = (tmp_path / "fold0" / f"{stem}.md").read_text()
     assert "Flagged: 0 of 50" in md and f"`{f['feature'][0]}`" in md
     assert not [p for p in (tmp_path / "fold0").iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_leak_audit_flags_planted_leaks() -> None:
+@pytest.mark.parametrize("analyzer", ["word", "char"])
+def test_leak_audit_flags_planted_leaks(analyzer: str) -> None:
     rng = np.random.default_rng(0)
     words = "margin tumor size grade node fat skin biopsy stain receptor positive negative focal".split()
     texts, y = [], np.arange(80) % 2
     for c in y:
         body = " ".join(rng.choice(words, 12))
         texts.append(f"{body} invasive [subtype] 8520/3." if c else f"{body} invasive [subtype], NOS.")
-    audit = leak_audit(texts, y, ("IDC", "ILC"), top=5)
+    audit = leak_audit(texts, y, ("IDC", "ILC"), top=5, analyzer=analyzer)
     flagged = audit.flagged
     assert set(flagged["class"]) == {"IDC", "ILC"}
-    assert "nos" in flagged.loc[flagged["class"] == "IDC", "feature"].tolist()
-    assert "8520" in flagged.loc[flagged["class"] == "ILC", "feature"].tolist()
+    idc, ilc = (flagged.loc[flagged["class"] == c] for c in ("IDC", "ILC"))
+    if analyzer == "word":
+        assert "nos" in idc["feature"].tolist() and "8520" in ilc["feature"].tolist()
+    else:  # "nos" by itself; n-grams such as "nos." or "520/" through the word that holds them
+        assert idc["reason"].str.contains("residue of 'carcinoma, NOS'").all(), idc.to_string()
+        assert ilc["reason"].str.contains("ICD-O code shape").all(), ilc.to_string()
+        assert ilc["reason"].str.startswith("in '8520/3.'").any() and idc["reason"].str.startswith("in 'nos.'").any()
     assert "ICD-O code shape" in audit.to_markdown()
 
 
-def test_leak_audit_flags_unscrubbed_real_reports(reports: pd.DataFrame, scrubbed: list[ScrubResult]) -> None:
+@pytest.mark.parametrize("analyzer", ["word", "char"])
+def test_leak_audit_flags_unscrubbed_real_reports(
+    reports: pd.DataFrame, scrubbed: list[ScrubResult], analyzer: str
+) -> None:
     raw, _, y = _brca_idc_ilc(reports, scrubbed)
-    flagged = leak_audit(raw, y, ("IDC", "ILC"), top=10).flagged
-    assert {"ductal", "lobular"} <= set(flagged["feature"]), flagged.to_string()
+    flagged = leak_audit(raw, y, ("IDC", "ILC"), top=10, analyzer=analyzer).flagged
+    # word features name the label words; character n-grams name them through their carrier words
+    found = set(flagged["feature"]) if analyzer == "word" else {
+        w for r in flagged["reason"] for w in ("ductal", "lobular") if f"'{w}" in r}
+    assert {"ductal", "lobular"} <= found, flagged.to_string()
+
+
+def test_carriers_share_an_ngram_among_the_words_that_hold_it() -> None:
+    words = Counter({"e-cadherin": 3, "cadherin": 1, "adherence": 2, "pianos": 5, "nos": 1, "nos.": 1})
+    assert carriers("adher", words) == [("e-cadherin", 0.5), ("adherence", 1 / 3), ("cadherin", 1 / 6)]
+    assert carriers(" nos", words) == [("nos", 0.5), ("nos.", 0.5)]  # the word boundary: not "pianos"
+    assert carriers("zzz", words) == []
+    assert carrier_reason([("nos", 0.5)]) == "in 'nos' (50%): residue of 'carcinoma, NOS'"
+    assert carrier_reason([("cadherin", 0.95), ("nos", 0.05)]) == ""  # a flagged word under CARRIER_SHARE
 
 
 def test_flag_reason() -> None:
@@ -263,6 +292,8 @@ def test_flag_reason() -> None:
         leak_audit(["a b", "a b"], np.zeros(2, int), ("IDC", "ILC"))
     with pytest.raises(MosareError, match="vocabulary"):
         leak_audit(["a b", "c d"], np.array([0, 1]), ("IDC", "ILC"))  # no word of 2+ letters in 2+ texts
+    with pytest.raises(MosareError, match="analyzer"):
+        leak_audit(["aa bb", "aa cc"], np.array([0, 1]), ("IDC", "ILC"), analyzer="bpe")
     tiny = leak_audit(["aa bb cc", "aa bb dd", "aa bb cc", "aa bb dd"], np.array([0, 1, 0, 1]), ("x", "y"))
     assert isinstance(tiny, LeakAudit)
     by_class = {c: set(g["feature"]) for c, g in tiny.features.groupby("class")}

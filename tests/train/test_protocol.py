@@ -175,6 +175,8 @@ def test_a_tfidf_checkpoint_embeds_a_new_report_as_its_training_fold_did(tmp_pat
     fold = experiment_fold_features(cohort, cfg, k=0)
     np.testing.assert_allclose(case.report_emb, fold.rpt_global[0], rtol=1e-3, atol=1e-3)
     assert predictor.predict(case).probs.shape == (2,)
+    audits = sorted(p.name for p in (tmp_path / "leak_audit" / "fold0").glob("*.md"))
+    assert audits == ["leak_audit-char.md", "leak_audit.md"]  # word features, and the encoder's own n-grams
 
 
 def experiment_fold_features(cohort: Cohort, cfg: ExperimentConfig, k: int, refit: bool = True):
@@ -210,6 +212,7 @@ def test_the_text_refit_refits_its_report_encoder_on_the_validation_split_but_ne
     run_experiment(cohort, cfg, tmp_path, progress=False)
     vocab = set(Predictor(tmp_path / "checkpoints" / "text" / "complete-0" / "fold0.safetensors").text_encoder.vocabulary)
     assert ("quokkaform" in vocab) is validation_word_seen and "zebrafishoid" not in vocab and "spiculated" in vocab
+    assert not list((tmp_path / "leak_audit").rglob("leak_audit-char.*"))  # a word encoder: word features only
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert runs.refit_features.tolist() == [validation_word_seen] * cfg.folds
     assert runs.weight_decay.tolist() == [build_model("text", SMALL).default_weight_decay] * cfg.folds  # its own
