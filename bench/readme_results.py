@@ -72,6 +72,36 @@ def calibration(folder: Path) -> list[str]:
     return lines
 
 
+def leak_audit(folder: Path, top: int = 8) -> list[str]:
+    """The experiment's leak audit (``leak_audit/fold<k>/``): flagged features per fold, for word features and, when
+    the report encoder reads them, character n-grams; then fold 0's strongest features per class side by side."""
+    folds = sorted((folder / "leak_audit").glob("fold*"), key=lambda d: int(d.name[4:]))
+    kinds = [(stem, name) for stem, name in (("leak_audit", "word 1–2-grams"), ("leak_audit-char", "character 3–5-grams"))
+             if (folds[0] / f"{stem}.csv").is_file()]
+    lines = ["| fold | training reports | " + " | ".join(f"flagged: {name}" for _, name in kinds) + " |",
+             "|---|---|" + "---|" * len(kinds)]
+    for d in folds:
+        n = re.search(r"\((\d+) training reports\)", (d / "leak_audit.md").read_text(encoding="utf-8")).group(1)
+        counts = []
+        for stem, _ in kinds:
+            f = pd.read_csv(d / f"{stem}.csv", keep_default_na=False)
+            counts.append(f"{int(f.flagged.sum())} of {len(f)}")
+        lines.append(f"| {d.name[4:]} | {n} | " + " | ".join(counts) + " |")
+    lines += ["", f"Fold 0's {top} strongest features per class (logistic-regression weight towards the class; a "
+              "character n-gram with the words that hold it, as a share of its occurrences):", "",
+              "| class | rank | " + " | ".join(name for _, name in kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+    tables = [pd.read_csv(folds[0] / f"{stem}.csv", keep_default_na=False) for stem, _ in kinds]
+    for cls in tables[0]["class"].unique():
+        for rank in range(1, top + 1):
+            cells = []
+            for f in tables:
+                row = f[(f["class"] == cls) & (f["rank"] == rank)].iloc[0]
+                held = f" ({row.carriers})" if row.get("carriers", "") else ""
+                cells.append(f"`{row.feature}`{held}".replace("|", "\\|"))
+            lines.append(f"| {cls} | {rank} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def same_input_references(folder: Path) -> list[str]:
     df = pd.read_csv(folder / "references.csv")
     lines = ["| reference (same folds, same scrubbed reports, per-fold AUC) | trained on the training split | "
@@ -167,6 +197,11 @@ def main() -> None:
         out += ["#### Calibration and prediction sets (held-out cases of all 5 folds, union cohort)", "",
                 "Temperature and conformal quantile fitted on each run's validation split; ECE over 10 confidence bins, "
                 "in percent. From `assets/results/tcga-brca/predictions.csv`.", ""] + calibration(r / "tcga-brca") + [""]
+    if (r / "tcga-brca" / "leak_audit").is_dir():
+        out += ["#### Leak audit of the union run's training folds (`assets/results/tcga-brca/leak_audit/`)", "",
+                "Written by `experiment` before any training: a TF-IDF logistic regression on each training fold's "
+                "scrubbed reports, its strongest features per class, any ICD-O code, label word or fragment of a "
+                "scrubbed phrase flagged.", ""] + leak_audit(r / "tcga-brca") + [""]
     if (r / "tcga-brca-seed1").is_dir():
         out += ["#### Over seeds (union cohort, complete data)", ""] + seeds(r) + [""]
     if (r / "tcga-brca-table2").is_dir():
