@@ -89,9 +89,14 @@ def carriers(gram: str, words: Counter) -> list[tuple[str, float]]:
     """The words (whitespace-separated, lower-case, as the character analyzer splits them) containing the
     character n-gram ``gram`` (word-boundary padding included, as in " nos"), each with its share of the
     n-gram's occurrences in ``words`` (word -> count), largest first."""
-    hits = Counter({w: n * f" {w} ".count(gram) for w, n in words.items() if gram in f" {w} "})
+    hits = Counter({w: n * _occurrences(f" {w} ", gram) for w, n in words.items() if gram in f" {w} "})
     total = sum(hits.values())
     return [(w, n / total) for w, n in hits.most_common()] if total else []
+
+
+def _occurrences(text: str, gram: str) -> int:
+    """How often ``gram`` occurs in ``text``, overlaps counted as the n-gram analyzer counts them ("xxx" in "xxxxx": 3)."""
+    return sum(text.startswith(gram, i) for i in range(len(text) - len(gram) + 1))
 
 
 def carrier_reason(held: list[tuple[str, float]]) -> str:

@@ -277,6 +277,7 @@ def test_carriers_share_an_ngram_among_the_words_that_hold_it() -> None:
     assert carriers("adher", words) == [("e-cadherin", 0.5), ("adherence", 1 / 3), ("cadherin", 1 / 6)]
     assert carriers(" nos", words) == [("nos", 0.5), ("nos.", 0.5)]  # the word boundary: not "pianos"
     assert carriers("zzz", words) == []
+    assert carriers("xxx", Counter({"xxxxx": 1, "xxx": 1})) == [("xxxxx", 0.75), ("xxx", 0.25)]  # overlaps count
     assert carrier_reason([("nos", 0.5)]) == "in 'nos' (50%): residue of 'carcinoma, NOS'"
     assert carrier_reason([("cadherin", 0.95), ("nos", 0.05)]) == ""  # a flagged word under CARRIER_SHARE
 
