@@ -7,9 +7,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-from scipy.special import logsumexp
 import pandas as pd
 import torch
+from scipy.special import logsumexp
 
 from mosare import MODALITIES
 from mosare.data.local_tokens import gmm_local_tokens

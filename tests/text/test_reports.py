@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
